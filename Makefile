@@ -1,0 +1,30 @@
+# Two commands do all set-up:  `make demo` (install + main job)  and  `make test` (install + tests).
+PYTHON ?= python3
+VENV   ?= .venv
+PY      = $(VENV)/bin/python
+DEMO_OUT ?= runs/demo
+
+.PHONY: install demo test lint bench clean
+
+# torch first, from the pinned CPU build where the machine has one (pip's find-links); the package
+# pins torch==2.13.0 too, so the second install never swaps it for a CUDA build.
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	$(VENV)/bin/craft demo --out $(DEMO_OUT)
+
+test: install
+	$(VENV)/bin/ruff check craft_ray tests benchmarks
+	$(PY) -m pytest
+
+bench: install
+	$(PY) benchmarks/run_all.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

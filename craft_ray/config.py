@@ -1,0 +1,302 @@
+"""Typed experiment configuration, loaded from YAML.
+
+One `ExperimentConfig` describes a run end to end: which dataset, which base model and evaluators,
+which training method with which reward weights, how many workers, and where results go. Every
+field has a default or is required on purpose; unknown keys are errors. A YAML file may name
+other files under `extends:` (paths relative to it); they are deep-merged in order, then the file's
+own keys on top, so `experiments/<dataset>/<method>.yaml` stays a few lines long.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from craft_ray.errors import ConfigError
+from craft_ray.knowledge.labels import DATASETS, get_dataset
+
+METHODS = ("craft", "lora_sft", "full_sft", "ddpo", "pretrained")
+CAS_DIMENSIONS = ("pathology", "checklist", "anatomy", "realism")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DatasetConfig(_Strict):
+    name: Literal["chexpert", "isic", "fundus", "histopath"]
+    uri: str = Field(description="directory (or s3://, gs:// URI) of canonical parquet shards")
+    labels: list[str] | None = Field(None, description="label subset to train on; default: all labels")
+    resolution: int = Field(64, ge=16, le=2048, description="image side in pixels (square)")
+    train_split: str = "train"
+    val_split: str = "val"
+
+    @field_validator("labels")
+    @classmethod
+    def _known_labels(cls, labels: list[str] | None, info: ValidationInfo) -> list[str] | None:
+        if labels is not None:
+            if not labels:
+                raise ValueError("must not be empty (omit the key to use all labels)")
+            if "name" in info.data:
+                try:
+                    get_dataset(info.data["name"]).check_labels(labels, where="")
+                except ConfigError as exc:
+                    raise ValueError(str(exc)) from None
+        return labels
+
+    @field_validator("resolution")
+    @classmethod
+    def _multiple_of_8(cls, resolution: int) -> int:
+        if resolution % 8:
+            raise ValueError(f"must be a multiple of 8, got {resolution}")
+        return resolution
+
+    @property
+    def label_space(self) -> tuple[str, ...]:
+        spec = get_dataset(self.name)
+        return tuple(self.labels) if self.labels else spec.labels
+
+
+class ModelConfig(_Strict):
+    base: str = Field("tiny", description="'tiny' | 'small' (built in code) | local path | hub id")
+    revision: str | None = None
+    vlm: str = Field("tiny", description="CLIP-family scorer: 'tiny' | path | hub id | 'open_clip:<name>'")
+    mllm: str | None = Field(
+        None, description="VQA scorer for evaluation: None | 'tiny' | path | http(s):// OpenAI-compatible URL"
+    )
+    mllm_model: str | None = Field(None, description="model name to request from a remote MLLM endpoint")
+    lora_rank: int = Field(4, ge=1, le=512)
+    lora_alpha: float | None = Field(None, gt=0, description="default: equal to lora_rank")
+    lora_targets: list[str] = Field(default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"])
+
+    @property
+    def effective_lora_alpha(self) -> float:
+        return float(self.lora_alpha if self.lora_alpha is not None else self.lora_rank)
+
+
+class CASWeights(_Strict):
+    pathology: float = Field(1.0, ge=0)
+    checklist: float = Field(1.0, ge=0)
+    anatomy: float = Field(1.0, ge=0)
+    realism: float = Field(1.0, ge=0)
+
+    @model_validator(mode="after")
+    def _check(self) -> CASWeights:
+        if sum(self.as_dict().values()) <= 0:
+            raise ValueError("at least one CAS weight must be positive")
+        return self
+
+    def as_dict(self) -> dict[str, float]:
+        return {name: float(getattr(self, name)) for name in CAS_DIMENSIONS}
+
+
+class RewardConfig(_Strict):
+    weights: CASWeights = Field(default_factory=CASWeights)
+    use_checklists: bool = Field(True, description="ablation switch: False drops checklist and anatomy dims")
+
+    def effective_weights(self) -> dict[str, float]:
+        weights = self.weights.as_dict()
+        if not self.use_checklists:
+            weights["checklist"] = weights["anatomy"] = 0.0
+            if sum(weights.values()) <= 0:
+                raise ConfigError("reward.use_checklists=false leaves no positive CAS weight")
+        return weights
+
+
+class PromptConfig(_Strict):
+    enrichment: Literal["none", "static", "cache"] = Field(
+        "static",
+        description="none = template only (ablation); static = knowledge-base phrases; cache = MLLM file",
+    )
+    enrichment_cache: str | None = Field(
+        None, description="YAML of MLLM-written enrichments (enrichment=cache)"
+    )
+    phrases_per_label: int = Field(1, ge=0, le=8)
+    uncond_prob: float = Field(0.1, ge=0, le=1, description="prompt dropout for denoising losses (CFG)")
+
+    @model_validator(mode="after")
+    def _check(self) -> PromptConfig:
+        if self.enrichment == "cache" and not self.enrichment_cache:
+            raise ValueError("enrichment=cache needs enrichment_cache")
+        return self
+
+
+class TrainingConfig(_Strict):
+    steps: int = Field(100, ge=0, description="optimiser steps in total")
+    learning_rate: float = Field(1e-4, gt=0)
+    weight_decay: float = Field(1e-2, ge=0)
+    warmup_steps: int = Field(0, ge=0)
+    batch_size: int = Field(2, ge=1, description="images per worker per micro-batch")
+    grad_accum: int = Field(1, ge=1)
+    max_grad_norm: float = Field(1.0, gt=0)
+    sampler_steps: int = Field(20, ge=1, description="DDIM steps T")
+    backprop_steps: int = Field(1, ge=1, description="last K sampler steps with gradient (DRaFT-K)")
+    random_truncation: bool = Field(False, description="AlignProp-style random K in [1, backprop_steps]")
+    guidance_scale: float = Field(5.0, ge=1.0)
+    eta: float = Field(0.0, ge=0, le=1, description="DDIM eta for CRAFT sampling")
+    denoise_weight: float = Field(
+        0.0, ge=0, description="lambda: weight of the denoising loss on real images"
+    )
+    gradient_checkpointing: bool = True
+    mixed_precision: Literal["auto", "no", "bf16"] = Field(
+        "auto", description="auto = bf16 on GPU, fp32 on CPU"
+    )
+    checkpoint_every: int = Field(50, ge=1)
+    keep_checkpoints: int = Field(3, ge=1)
+    max_nonfinite_steps: int = Field(5, ge=1, description="stop after this many non-finite steps in a row")
+    max_failures: int = Field(3, ge=0, description="worker-group restarts Ray Train may make")
+
+    @model_validator(mode="after")
+    def _check(self) -> TrainingConfig:
+        if self.backprop_steps > self.sampler_steps:
+            raise ValueError(
+                f"backprop_steps (K={self.backprop_steps}) must not exceed sampler_steps (T={self.sampler_steps})"
+            )
+        return self
+
+
+class DDPOConfig(_Strict):
+    samples_per_prompt: int = Field(4, ge=2, description="images per label set, for per-prompt advantages")
+    eta: float = Field(1.0, gt=0, le=1, description="DDIM eta; must be > 0 for log-probabilities")
+    clip_range: float = Field(1e-4, gt=0)
+    adv_clip_max: float = Field(5.0, gt=0)
+    timestep_fraction: float = Field(1.0, gt=0, le=1, description="share of sampler steps trained on")
+
+
+class ScalingConfig(_Strict):
+    workers: int = Field(1, ge=1)
+    gpus_per_worker: float = Field(0, ge=0)
+    cpus_per_worker: float = Field(1, gt=0)
+
+    @property
+    def use_gpu(self) -> bool:
+        return self.gpus_per_worker > 0
+
+
+class StorageConfig(_Strict):
+    path: str = Field("runs", description="local directory or s3:// / gs:// URI for runs")
+    name: str | None = Field(None, description="run name; default: the experiment name")
+
+
+class DebugConfig(_Strict):
+    """Fault injection for tests and drills: rank `fail_rank` exits once at step `fail_at_step`."""
+
+    fail_at_step: int | None = Field(None, ge=1)
+    fail_rank: int = Field(0, ge=0)
+
+
+class ExperimentConfig(_Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    seed: int = 0
+    method: Literal["craft", "lora_sft", "full_sft", "ddpo", "pretrained"]
+    dataset: DatasetConfig
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    reward: RewardConfig = Field(default_factory=RewardConfig)
+    prompts: PromptConfig = Field(default_factory=PromptConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    ddpo: DDPOConfig = Field(default_factory=DDPOConfig)
+    scaling: ScalingConfig = Field(default_factory=ScalingConfig)
+    storage: StorageConfig = Field(default_factory=StorageConfig)
+    debug: DebugConfig = Field(default_factory=DebugConfig)
+
+    @model_validator(mode="after")
+    def _check(self) -> ExperimentConfig:
+        if self.debug.fail_at_step is not None and self.debug.fail_rank >= self.scaling.workers:
+            raise ValueError(
+                f"debug.fail_rank={self.debug.fail_rank} but scaling.workers={self.scaling.workers}"
+            )
+        return self
+
+    @property
+    def run_name(self) -> str:
+        return self.storage.name or self.name
+
+    def storage_uri(self) -> str:
+        """Absolute storage path (Ray needs one); URIs with a scheme are kept as they are."""
+        if "://" in self.storage.path:
+            return self.storage.path
+        return str(Path(self.storage.path).expanduser().resolve())
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    merged = copy.deepcopy(base)
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def _read_yaml_tree(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    path = path.resolve()
+    if path in seen:
+        raise ConfigError(f"{path}: 'extends' cycle through {' -> '.join(str(p) for p in seen)}")
+    if not path.is_file():
+        where = f" (extended from {seen[-1]})" if seen else ""
+        raise ConfigError(f"{path}: config file not found{where}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    parents = data.pop("extends", None) or []
+    if isinstance(parents, str):
+        parents = [parents]
+    if not isinstance(parents, list) or not all(isinstance(p, str) for p in parents):
+        raise ConfigError(f"{path}: 'extends' must be a path or a list of paths")
+    merged: dict[str, Any] = {}
+    for parent in parents:
+        merged = _deep_merge(merged, _read_yaml_tree(path.parent / parent, (*seen, path)))
+    return _deep_merge(merged, data)
+
+
+def _format_validation_error(source: str, exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(part) for part in err["loc"]) or "<root>"
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        elif err["type"] == "literal_error" and loc == "dataset.name":
+            msg = f"unknown dataset {err.get('input')!r} (known: {', '.join(DATASETS)})"
+        elif err["type"] == "missing":
+            msg = "required field is missing"
+        lines.append(f"{source}: {loc}: {msg}")
+    return "\n".join(lines)
+
+
+def validate_config(data: dict[str, Any], source: str = "<config>") -> ExperimentConfig:
+    try:
+        return ExperimentConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(source, exc)) from None
+
+
+def load_config(path: str | os.PathLike, overrides: dict[str, Any] | None = None) -> ExperimentConfig:
+    """Load an experiment YAML (following `extends:`), apply dotted-key overrides, validate."""
+    data = _read_yaml_tree(Path(path))
+    for dotted, value in (overrides or {}).items():
+        node = data
+        *parents, leaf = dotted.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return validate_config(data, source=str(path))

@@ -1,0 +1,95 @@
+"""CheXpert-v1.0 / CheXpert-v1.0-small: train.csv and valid.csv with 14 observations.
+
+Observation cells are 1.0 (positive), 0.0 (negative), -1.0 (uncertain) or blank (not mentioned,
+treated as negative). The uncertainty policy maps -1: `ones` -> positive, `zeros` -> negative,
+`ignore` -> neither, recorded in `uncertain_labels` so a loss can mask it.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path, PurePosixPath
+
+from craft_ray.data.converters.base import ConvertOptions, ParsedSource, SourceItem, read_csv_rows
+from craft_ray.data.schema import Reject
+from craft_ray.errors import DataError
+from craft_ray.knowledge.labels import DATASETS
+
+SPEC = DATASETS["chexpert"]
+CSV_NAMES = ("train.csv", "valid.csv")
+META_COLUMNS = ["Path", "Sex", "Age", "Frontal/Lateral", "AP/PA"]
+_PATH_RE = re.compile(r"(patient\d+)/(study\d+)/(view\d+_\w+)\.\w+$")
+_VALUES = {"1.0": 1, "1": 1, "0.0": 0, "0": 0, "-1.0": -1, "-1": -1, "": None}
+
+
+def _find_csvs(source: Path) -> list[Path]:
+    found = []
+    for name in CSV_NAMES:
+        matches = sorted(source.glob(name)) or sorted(source.glob(f"*/{name}"))
+        found.extend(matches[:1])
+    if not found:
+        raise DataError(f"{source}: no CheXpert train.csv or valid.csv (looked in it and one level down)")
+    return found
+
+
+def _resolve(csv_path: Path, rel: str) -> Path:
+    """CSV paths start with the dataset folder ('CheXpert-v1.0-small/train/...'): try both anchors."""
+    parts = PurePosixPath(rel).parts
+    candidates = [csv_path.parent.parent.joinpath(*parts), csv_path.parent.joinpath(*parts)]
+    if len(parts) > 1:
+        candidates.append(csv_path.parent.joinpath(*parts[1:]))
+    return next((c for c in candidates if c.exists()), candidates[0])
+
+
+def parse(source: Path, options: ConvertOptions) -> ParsedSource:
+    parsed = ParsedSource()
+    for csv_path in _find_csvs(source):
+        for line, row in read_csv_rows(csv_path, META_COLUMNS + list(SPEC.labels)):
+            where = f"{csv_path.name}:{line}"
+            rel = row["Path"].strip()
+            match = _PATH_RE.search(rel)
+            if not match:
+                parsed.rejects.append(Reject(where, f"path {rel!r} has no patientNNNNN/studyN/viewN_* part"))
+                continue
+            view = row["Frontal/Lateral"].strip()
+            if options.frontal_only and view != "Frontal":
+                parsed.filtered += 1
+                continue
+            labels, uncertain, bad = [], [], None
+            for label in SPEC.labels:
+                cell = row[label].strip()
+                if cell not in _VALUES:
+                    bad = f"column {label!r} has value {cell!r} (expected 1, 0, -1 or blank)"
+                    break
+                value = _VALUES[cell]
+                if value == -1:
+                    if options.uncertainty == "ones":
+                        value = 1
+                    elif options.uncertainty == "ignore":
+                        uncertain.append(label)
+                if value == 1:
+                    labels.append(label)
+            if bad:
+                parsed.rejects.append(Reject(where, bad))
+                continue
+            patient, study, view_name = match.groups()
+            age = row["Age"].strip()
+            parsed.items.append(
+                SourceItem(
+                    path=_resolve(csv_path, rel),
+                    image_id=f"{patient}_{study}_{view_name}",
+                    patient_id=patient,
+                    labels=labels,
+                    uncertain_labels=uncertain,
+                    source=rel,
+                    attributes={
+                        "sex": row["Sex"].strip(),
+                        "age": int(float(age)) if age else None,
+                        "view": view,
+                        "projection": row["AP/PA"].strip(),
+                        "study": study,
+                        "official_split": "valid" if csv_path.name == "valid.csv" else "train",
+                    },
+                )
+            )
+    return parsed

@@ -1,0 +1,25 @@
+"""Project exceptions: each carries a message a user can act on; the CLI prints it as one line."""
+
+
+class CraftError(Exception):
+    """Base class for errors caused by the user's input, config or data (CLI exit status 2)."""
+
+
+class ConfigError(CraftError):
+    """An experiment config is malformed: unknown key, wrong type, unknown dataset or label."""
+
+
+class DataError(CraftError):
+    """A dataset on disk is unusable: missing files, missing columns, wrong layout."""
+
+
+class ModelError(CraftError):
+    """A model spec cannot be built or loaded."""
+
+
+class ScoringError(CraftError):
+    """Bad input to a CAS evaluator: wrong shape or range, NaN pixels, unknown label, empty batch."""
+
+
+class TrainingError(CraftError):
+    """Training cannot continue: too many non-finite steps, an unusable checkpoint, a run clash."""

@@ -1,0 +1,50 @@
+"""Shared fixtures: dataset trees in each public layout, phantom datasets, a local Ray cluster."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no test may reach a model hub
+os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+
+
+def write_image(path: Path, size: tuple[int, int] = (40, 32), mode: str = "L", seed: int = 0) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    shape = (size[1], size[0]) if mode == "L" else (size[1], size[0], 3)
+    Image.fromarray(rng.integers(0, 255, shape, dtype=np.uint8), mode).save(path)
+    return path
+
+
+def write_truncated_jpeg(path: Path) -> Path:
+    write_image(path, (64, 64), "L")
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    return path
+
+
+@pytest.fixture(scope="session")
+def phantom_root(tmp_path_factory) -> Path:
+    """Small phantom datasets of all four modalities, made once per test session."""
+    from craft_ray.data.phantoms import GENERATORS, make_phantom_dataset
+
+    root = tmp_path_factory.mktemp("phantoms")
+    for modality in GENERATORS:
+        make_phantom_dataset(modality, 48, root / modality, size=32, seed=3)
+    return root
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One real local Ray cluster for the whole session (Train, Tune, Data tests share it)."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=4, include_dashboard=False, log_to_driver=True, configure_logging=False)
+    yield ray
+    ray.shutdown()

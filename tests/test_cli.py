@@ -1,0 +1,73 @@
+"""The `craft` command line as a user runs it: subprocesses, exit codes, one-line errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def craft(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "craft_ray.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=600
+    )
+
+
+def test_help_lists_only_working_groups():
+    result = craft("--help")
+    assert result.returncode == 0
+    for group in ("data", "config", "demo"):
+        assert group in result.stdout
+
+
+def test_phantom_and_summary(tmp_path):
+    out = tmp_path / "chest"
+    result = craft("data", "phantom", "--modality", "chest", "--n", "30", "--size", "32", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    assert "Cardiomegaly" in result.stdout and "no inputs rejected" in result.stdout
+    summary = craft("data", "summary", str(out))
+    assert summary.returncode == 0 and "images" in summary.stdout
+
+
+def test_convert_reports_rejects(tmp_path):
+    src = tmp_path / "histo"
+    (src / "ADI").mkdir(parents=True)
+    (src / "ADI" / "x.tif").write_bytes(b"garbage")
+    out = tmp_path / "out"
+    result = craft("data", "convert", "--dataset", "histopath", "--source", str(src), "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    assert "1 input(s) rejected" in result.stdout
+    assert "cannot decode image" in craft("data", "summary", str(out)).stdout
+
+
+def test_user_errors_exit_2_with_one_line(tmp_path):
+    result = craft(
+        "data", "convert", "--dataset", "mimic", "--source", str(tmp_path), "--out", str(tmp_path / "o")
+    )
+    assert result.returncode == 2
+    assert "unknown dataset 'mimic'" in result.stderr and "Traceback" not in result.stderr
+    result = craft(
+        "data", "phantom", "--modality", "chest", "--out", str(tmp_path / "p"), "--splits", "train=0.9"
+    )
+    assert result.returncode == 2 and "sum to 1" in result.stderr
+
+
+def test_config_validate(tmp_path):
+    good = craft("config", "validate", "experiments/chexpert/craft.yaml", "experiments/isic/ddpo.yaml")
+    assert good.returncode == 0, good.stderr
+    assert "chexpert-craft" in good.stdout
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        yaml.safe_dump(
+            {"name": "x", "method": "craft", "dataset": {"name": "isic", "uri": "d", "labels": ["Melanoma"]}}
+        )
+    )
+    result = craft("config", "validate", str(bad))
+    assert result.returncode == 2
+    assert (
+        "dataset.labels: unknown label(s) ['Melanoma']" in result.stderr and "Traceback" not in result.stderr
+    )
