@@ -1,0 +1,187 @@
+"""Real-image reference: per-label CAS thresholds and the realism embedding reference.
+
+`calibrate` scores held-out real images: first their VLM embeddings give the modality's realism
+reference (centroid, mean and spread of cosine similarity), then the CAS of each image (evaluation
+path, with that reference) gives, per label, the q-quantile threshold tau_y and the distribution.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from craft_ray.cas.dimensions import RealismReference
+from craft_ray.cas.score import CASEvaluator, EvaluatorSpec, build_evaluator
+from craft_ray.data.reading import ImageParquetDataset, collate_examples
+from craft_ray.errors import ConfigError, DataError
+
+CALIBRATION_VERSION = 1
+QUANTILES = (0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99)
+ProgressFn = Callable[[int, int], None]
+
+
+@dataclass
+class Calibration:
+    evaluator: EvaluatorSpec
+    q: float
+    data: str
+    split: str
+    thresholds: dict[str, float]  # label -> q-quantile of real-image CAS
+    counts: dict[str, int]  # label -> real images used
+    distribution: dict[str, Any]  # overall and per-label summaries of real-image CAS
+    reference: RealismReference
+    skipped: int = 0  # images without any label of the evaluator's label space
+    version: int = CALIBRATION_VERSION
+
+    def save(self, path: str | Path) -> None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(asdict(self), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> Calibration:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"calibration file not found: {path}")
+        try:
+            data = json.loads(path.read_text())
+            if data.get("version") != CALIBRATION_VERSION:
+                raise ConfigError(
+                    f"{path}: calibration version {data.get('version')}, expected {CALIBRATION_VERSION}"
+                )
+            data["evaluator"] = EvaluatorSpec(**data["evaluator"])
+            data["reference"] = RealismReference(**data["reference"])
+            return cls(**data)
+        except (json.JSONDecodeError, TypeError, KeyError) as exc:
+            raise ConfigError(f"{path}: not a craft-ray calibration file ({exc})") from None
+
+    def evaluator_from_spec(self) -> CASEvaluator:
+        return build_evaluator(self.evaluator, self.reference)
+
+
+@dataclass
+class ScoredBatch:
+    images: torch.Tensor
+    label_sets: list[list[str]]
+    image_ids: list[str]
+
+
+def iterate_images(
+    uri: str,
+    splits: Sequence[str],
+    labels: Sequence[str],
+    batch_size: int,
+    limit: int | None = None,
+    skipped: list[str] | None = None,
+) -> Iterator[ScoredBatch]:
+    """Batches of images with their label sets restricted to `labels`; rows left with no label are
+    skipped (their ids appended to `skipped`)."""
+    seen = 0
+    for split in splits:
+        dataset = ImageParquetDataset(uri, split, labels=labels)
+        for batch in DataLoader(dataset, batch_size=batch_size, collate_fn=collate_examples):
+            keep = [i for i, ls in enumerate(batch["labels"]) if ls]
+            if skipped is not None:
+                skipped.extend(batch["image_id"][i] for i in range(len(batch["labels"])) if i not in keep)
+            if limit is not None:
+                keep = keep[: max(0, limit - seen)]
+            if keep:
+                seen += len(keep)
+                yield ScoredBatch(
+                    batch["pixel_values"][keep],
+                    [batch["labels"][i] for i in keep],
+                    [batch["image_id"][i] for i in keep],
+                )
+            if limit is not None and seen >= limit:
+                return
+
+
+def _summary(values: np.ndarray) -> dict[str, Any]:
+    return {
+        "n": int(len(values)),
+        "mean": float(values.mean()),
+        "std": float(values.std()),
+        "quantiles": {str(q): float(np.quantile(values, q)) for q in QUANTILES},
+    }
+
+
+def calibrate(
+    spec: EvaluatorSpec,
+    uri: str,
+    split: str = "val",
+    q: float = 0.05,
+    batch_size: int = 32,
+    limit: int | None = None,
+    progress: ProgressFn | None = None,
+) -> Calibration:
+    if not 0.0 < q < 1.0:
+        raise ConfigError(f"quantile q must be in (0, 1), got {q}")
+    evaluator = build_evaluator(spec)
+    labels = evaluator.labels
+    total = min(len(ImageParquetDataset(uri, split)), limit or 10**12)
+
+    embeddings, skipped = [], []
+    for batch in iterate_images(uri, [split], labels, batch_size, limit, skipped):
+        embeddings.append(evaluator.embed(batch.images))
+        if progress:
+            progress(sum(len(e) for e in embeddings), 2 * total)
+    if not embeddings:
+        raise DataError(f"{uri} [{split}]: no images with any of the labels {labels}")
+    emb = torch.cat(embeddings)
+    centroid = torch.nn.functional.normalize(emb.mean(dim=0), dim=0)
+    cos = emb @ centroid
+    evaluator.reference = RealismReference(
+        centroid.tolist(), float(cos.mean()), float(cos.std()) if len(cos) > 1 else 1.0
+    )
+
+    scores, label_sets, done = [], [], 0
+    for batch in iterate_images(uri, [split], labels, batch_size, limit):
+        scores.extend(evaluator.score(batch.images, batch.label_sets, evaluate=True).total.tolist())
+        label_sets.extend(batch.label_sets)
+        done += len(batch.label_sets)
+        if progress:
+            progress(len(emb) + done, 2 * total)
+    scores_arr = np.asarray(scores)
+    thresholds, counts, per_label = {}, {}, {}
+    for label in labels:
+        values = scores_arr[[label in ls for ls in label_sets]]
+        counts[label] = int(len(values))
+        if len(values):
+            thresholds[label] = float(np.quantile(values, q))
+            per_label[label] = _summary(values)
+    return Calibration(
+        evaluator=spec,
+        q=q,
+        data=uri,
+        split=split,
+        thresholds=thresholds,
+        counts=counts,
+        distribution={"overall": _summary(scores_arr), "per_label": per_label},
+        reference=evaluator.reference,
+        skipped=len(skipped),
+    )
+
+
+def score_images(
+    evaluator: CASEvaluator,
+    uri: str,
+    splits: Sequence[str],
+    batch_size: int = 32,
+    progress: ProgressFn | None = None,
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """Per-image evaluation-path scores of a canonical dataset; returns (rows, skipped image ids)."""
+    rows, skipped = [], []
+    total = sum(len(ImageParquetDataset(uri, s)) for s in splits)
+    for batch in iterate_images(uri, splits, evaluator.labels, batch_size, skipped=skipped):
+        result = evaluator.score(batch.images, batch.label_sets, evaluate=True)
+        for image_id, labels, scores in zip(batch.image_ids, batch.label_sets, result.rows(), strict=True):
+            rows.append({"image_id": image_id, "labels": labels, **scores})
+        if progress:
+            progress(len(rows) + len(skipped), total)
+    return rows, skipped
