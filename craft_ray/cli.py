@@ -316,28 +316,121 @@ def cas_score(
     console.print(f"wrote {out} and {tail_path}")
 
 
+@app.command("train")
+def train(
+    config: Annotated[Path, typer.Option(help="experiment YAML, e.g. experiments/chexpert/craft.yaml")],
+    workers: Annotated[int | None, typer.Option(help="Ray Train workers (scaling.workers)")] = None,
+    gpus_per_worker: Annotated[
+        float | None, typer.Option(help="GPUs per worker (scaling.gpus_per_worker)")
+    ] = None,
+    storage: Annotated[
+        str | None, typer.Option(help="run storage: a path or s3:// URI (storage.path)")
+    ] = None,
+    name: Annotated[
+        str | None, typer.Option(help="run name (storage.name; default: the experiment name)")
+    ] = None,
+    steps: Annotated[int | None, typer.Option(help="total optimiser steps (training.steps)")] = None,
+    resume: Annotated[bool, typer.Option(help="continue an existing run from its latest checkpoint")] = False,
+) -> None:
+    """Train one experiment with Ray Train on the current Ray cluster (a local one if none)."""
+    from craft_ray.config import load_config
+    from craft_ray.train.trainer import run_training
+
+    overrides = {
+        "scaling.workers": workers,
+        "scaling.gpus_per_worker": gpus_per_worker,
+        "storage.path": storage,
+        "storage.name": name,
+        "training.steps": steps,
+    }
+    cfg = load_config(config, {k: v for k, v in overrides.items() if v is not None})
+    total = cfg.training.steps
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[info]}"),
+        console=err_console,
+    ) as progress:
+        task = progress.add_task(
+            f"{cfg.method} on {cfg.dataset.name}", total=total, info="starting Ray Train"
+        )
+
+        def on_report(metrics: dict) -> None:
+            shown = [
+                f"{k}={metrics[k]:.4g}"
+                for k in ("loss", "reward", "grad_norm")
+                if isinstance(metrics.get(k), float)
+            ]
+            if metrics.get("skipped_steps"):
+                shown.append(f"skipped={metrics['skipped_steps']:.0f}")
+            progress.update(task, completed=metrics.get("step", 0), info=" ".join(shown))
+
+        summary = run_training(cfg, resume=resume, on_report=on_report)
+    table = Table(
+        title=escape(
+            f"run {cfg.run_name} [{cfg.method}, {cfg.dataset.name}, {cfg.scaling.workers} worker(s)]"
+        )
+    )
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key in ("step", "loss", "reward", "denoise_loss", "grad_norm", "lr", "skipped_steps", "step_time_s"):
+        if isinstance(summary.metrics.get(key), float):
+            table.add_row(key, f"{summary.metrics[key]:.5g}")
+    console.print(table)
+    console.print(
+        f"run directory: {summary.run_uri}\nfinal weights: {summary.final_uri}  (metrics: {summary.run_uri}/metrics.jsonl)"
+    )
+
+
 @app.command("demo")
 def demo(
-    out: Annotated[Path, typer.Option(help="where the demo writes its data and runs")] = Path("runs/demo"),
+    out: Annotated[Path, typer.Option(help="where the demo writes its data, calibration and runs")] = Path(
+        "runs/demo"
+    ),
     n: Annotated[int, typer.Option(help="phantom images per modality")] = 400,
     size: Annotated[int, typer.Option(help="image side in pixels")] = 64,
+    steps: Annotated[int, typer.Option(help="CRAFT training steps")] = 8,
+    workers: Annotated[int, typer.Option(help="Ray Train workers")] = 2,
     seed: Annotated[int, typer.Option()] = 0,
 ) -> None:
-    """The offline end-to-end demo: phantom data for the four modalities, then a summary."""
-    from craft_ray.data.phantoms import GENERATORS, make_phantom_dataset
-    from craft_ray.data.schema import MANIFEST_NAME
+    """The offline end-to-end demo: phantom data, CAS calibration, a short CRAFT run on Ray Train."""
+    from craft_ray.demo import run_demo
 
-    for modality in GENERATORS:
-        target = out / "data" / modality
-        if (target / MANIFEST_NAME).exists():
-            console.print(f"{target} exists; reusing it")
-            from craft_ray.data import read_manifest
+    contexts: list = []
 
-            print_manifest(read_manifest(str(target)), target)
-            continue
-        with progress_bar(f"phantom {modality}") as update:
-            manifest = make_phantom_dataset(modality, n, target, size, seed, progress=update)
-        print_manifest(manifest, target)
+    def progress(description: str):
+        bar = progress_bar(description)
+        contexts.append(bar)
+        return bar.__enter__()
+
+    def close_bars() -> None:
+        while contexts:
+            contexts.pop().__exit__(None, None, None)
+
+    def on_report(metrics: dict) -> None:
+        close_bars()
+        err_console.print(
+            f"  step {metrics.get('step', 0):.0f}/{steps}: loss={metrics.get('loss', float('nan')):.4f} "
+            f"reward={metrics.get('reward', float('nan')):.4f}"
+        )
+
+    result = run_demo(out, n, size, seed, steps, workers, progress=progress, on_report=on_report)
+    close_bars()
+    for modality, manifest in result.manifests.items():
+        print_manifest(manifest, out / "data" / modality)
+    cal = result.calibration
+    console.print(
+        f"CAS calibrated on {cal.distribution['overall']['n']} real chest images ({cal.split}): "
+        f"mean {cal.distribution['overall']['mean']:.4f}; thresholds -> {result.calibration_path}"
+    )
+    m = result.training.metrics
+    console.print(
+        f"CRAFT: {m.get('step', 0):.0f} steps on {m.get('world_size', 0):.0f} Ray Train workers, "
+        f"last reward {m.get('reward', float('nan')):.4f}; run {result.training.run_uri}; "
+        f"LoRA (diffusers format) in {result.training.final_uri}/lora"
+    )
 
 
 def main() -> None:

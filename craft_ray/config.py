@@ -106,6 +106,9 @@ class CASWeights(_Strict):
 class RewardConfig(_Strict):
     weights: CASWeights = Field(default_factory=CASWeights)
     use_checklists: bool = Field(True, description="ablation switch: False drops checklist and anatomy dims")
+    calibration: str | None = Field(
+        None, description="calibration JSON (craft cas calibrate): realism reference"
+    )
 
     def effective_weights(self) -> dict[str, float]:
         weights = self.weights.as_dict()
@@ -155,6 +158,12 @@ class TrainingConfig(_Strict):
         "auto", description="auto = bf16 on GPU, fp32 on CPU"
     )
     checkpoint_every: int = Field(50, ge=1)
+    report_every: int = Field(
+        10,
+        ge=1,
+        description="steps per Ray Train report (each report is a barrier the controller polls every ~2 s); "
+        "every step's metrics still reach metrics.jsonl",
+    )
     keep_checkpoints: int = Field(3, ge=1)
     max_nonfinite_steps: int = Field(5, ge=1, description="stop after this many non-finite steps in a row")
     max_failures: int = Field(3, ge=0, description="worker-group restarts Ray Train may make")
@@ -192,10 +201,13 @@ class StorageConfig(_Strict):
 
 
 class DebugConfig(_Strict):
-    """Fault injection for tests and drills: rank `fail_rank` exits once at step `fail_at_step`."""
+    """Fault injection for tests and drills."""
 
-    fail_at_step: int | None = Field(None, ge=1)
+    fail_at_step: int | None = Field(None, ge=1, description="rank `fail_rank` exits once at this step")
     fail_rank: int = Field(0, ge=0)
+    nonfinite_steps: list[int] = Field(
+        default_factory=list, description="steps whose loss rank 0 turns into NaN"
+    )
 
 
 class ExperimentConfig(_Strict):
@@ -232,6 +244,26 @@ class ExperimentConfig(_Strict):
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+    def resolved(self) -> ExperimentConfig:
+        """A copy with local paths made absolute: Ray workers run in other working directories."""
+
+        def absolute(path: str | None) -> str | None:
+            return path if path is None or "://" in path else str(Path(path).expanduser().resolve())
+
+        def local_model(spec: str | None) -> str | None:
+            return (
+                absolute(spec) if spec is not None and Path(spec).exists() else spec
+            )  # presets and hub ids stay
+
+        data = self.model_dump()
+        for key in ("base", "vlm", "mllm"):
+            data["model"][key] = local_model(data["model"][key])
+        data["dataset"]["uri"] = absolute(self.dataset.uri)
+        data["prompts"]["enrichment_cache"] = absolute(self.prompts.enrichment_cache)
+        data["reward"]["calibration"] = absolute(self.reward.calibration)
+        data["storage"]["path"] = self.storage_uri()
+        return ExperimentConfig.model_validate(data)
 
 
 def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:

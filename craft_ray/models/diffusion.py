@@ -20,7 +20,9 @@ from craft_ray.errors import ModelError
 from craft_ray.models.tokenizer import tiny_clip_tokenizer
 
 # Sizes of the in-code presets. "tiny": tests and the offline default (a few hundred k
-# parameters). "small": a ~20M-parameter UNet for CPU benchmarks of the training loop.
+# parameters). "small": a ~20M-parameter UNet for CPU benchmarks of the training loop. "sd15":
+# Stable Diffusion 1.5's architecture (860M UNet, its VAE, a CLIP-L-sized text encoder) with random
+# weights, for GPU timing without downloading the checkpoint.
 PRESETS: dict[str, dict[str, Any]] = {
     "tiny": {
         "unet": dict(
@@ -50,6 +52,25 @@ PRESETS: dict[str, dict[str, Any]] = {
         "vae": dict(block_out_channels=(32, 64), norm_num_groups=16, sample_size=64),
         "text": dict(hidden_size=128, intermediate_size=256, num_hidden_layers=3, num_attention_heads=4),
     },
+    "sd15": {
+        "unet": dict(
+            block_out_channels=(320, 640, 1280, 1280),
+            layers_per_block=2,
+            down_block_types=(
+                "CrossAttnDownBlock2D",
+                "CrossAttnDownBlock2D",
+                "CrossAttnDownBlock2D",
+                "DownBlock2D",
+            ),
+            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+            cross_attention_dim=768,
+            attention_head_dim=8,
+            norm_num_groups=32,
+            sample_size=64,
+        ),
+        "vae": dict(block_out_channels=(128, 256, 512, 512), norm_num_groups=32, sample_size=512),
+        "text": dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12),
+    },
 }
 
 
@@ -71,8 +92,9 @@ class DiffusionComponents:
         return int(self.unet.config.in_channels)
 
     def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> DiffusionComponents:
+        kwargs = {"dtype": dtype} if dtype is not None else {}
         for module in (self.unet, self.vae, self.text_encoder):
-            module.to(device=device, dtype=dtype)
+            module.to(device=device, **kwargs)
         return self
 
     def freeze(self) -> DiffusionComponents:

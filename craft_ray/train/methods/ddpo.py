@@ -1,0 +1,103 @@
+"""DDPO-IS: policy-gradient RL on the CAS reward (evaluation path; need not be differentiable).
+
+Each step samples `batch_size` label sets x `samples_per_prompt` images with DDIM (eta > 0),
+keeping every transition and its log-probability; rewards are normalised per prompt into
+advantages; then, for a share of the sampler steps, the current model's log-probability of the
+same transition gives the importance ratio, and the clipped surrogate is minimised.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from craft_ray.train.context import TrainContext
+from craft_ray.train.ddim import DDIMSampler
+from craft_ray.train.methods.base import Method, StepPlan
+
+
+@dataclass
+class Transition:
+    latents: torch.Tensor
+    next_latents: torch.Tensor
+    timestep: torch.Tensor
+    old_log_prob: torch.Tensor
+    advantages: torch.Tensor
+    cond: torch.Tensor
+    uncond: torch.Tensor
+
+
+class DDPO(Method):
+    name = "ddpo"
+    adapter = "lora"
+    uses_reward = True
+    reward_with_mllm = True
+
+    def setup(self, ctx: TrainContext) -> None:
+        self.sampler = DDIMSampler(ctx.components.scheduler, ctx.cfg.training.sampler_steps, ctx.device)
+
+    @torch.no_grad()
+    def plan(self, ctx: TrainContext, step: int) -> StepPlan:
+        cfg, sampler = ctx.cfg, self.sampler
+        per_prompt = cfg.ddpo.samples_per_prompt
+        transitions, rewards = [], []
+        for micro in range(cfg.training.grad_accum):
+            rows = ctx.batch(step, micro)
+            prompt_labels = ctx.labels_of(rows)
+            prompts = [p for p in ctx.prompts(prompt_labels, step, micro) for _ in range(per_prompt)]
+            labels = [ls for ls in prompt_labels for _ in range(per_prompt)]
+            cond, uncond = ctx.encode(prompts), ctx.encode([""] * len(prompts))
+            latents = (
+                torch.randn(
+                    ctx.latent_shape(len(prompts)),
+                    generator=ctx.generator(step, micro, "noise"),
+                    device=ctx.device,
+                )
+                * sampler.init_noise_sigma
+            )
+            noise_gen = ctx.generator(step, micro, "sampler")
+            trajectory, log_probs = [latents], []
+            for t in sampler.timesteps:
+                eps = ctx.predict_noise(latents, t, cond, uncond, with_grad=False)
+                out = sampler.step(eps, t, latents, cfg.ddpo.eta, noise_gen)
+                latents = out.prev_sample
+                trajectory.append(latents)
+                log_probs.append(out.log_prob)
+            reward = ctx.evaluator.score(ctx.decode(latents), labels, evaluate=True).total.to(ctx.device)
+            rewards.append(reward)
+            grouped = reward.view(len(rows), per_prompt)
+            advantages = (grouped - grouped.mean(1, keepdim=True)) / (grouped.std(1, keepdim=True) + 1e-6)
+            advantages = advantages.flatten().clamp(-cfg.ddpo.adv_clip_max, cfg.ddpo.adv_clip_max)
+            n_train = max(1, round(len(sampler.timesteps) * cfg.ddpo.timestep_fraction))
+            chosen = sorted(ctx.rng(step, micro, "timestep").sample(range(len(sampler.timesteps)), n_train))
+            for j in chosen:
+                transitions.append(
+                    Transition(
+                        trajectory[j],
+                        trajectory[j + 1],
+                        sampler.timesteps[j],
+                        log_probs[j],
+                        advantages,
+                        cond,
+                        uncond,
+                    )
+                )
+        all_rewards = torch.cat(rewards)
+        return StepPlan(
+            transitions, {"reward": float(all_rewards.mean()), "reward_std": float(all_rewards.std())}
+        )
+
+    def loss(
+        self, ctx: TrainContext, tr: Transition, step: int, index: int
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        eps = ctx.predict_noise(tr.latents, tr.timestep, tr.cond, tr.uncond, with_grad=True)
+        out = self.sampler.step(eps, tr.timestep, tr.latents, ctx.cfg.ddpo.eta, prev_sample=tr.next_latents)
+        ratio = torch.exp(out.log_prob - tr.old_log_prob)
+        clip = ctx.cfg.ddpo.clip_range
+        loss = torch.maximum(-tr.advantages * ratio, -tr.advantages * ratio.clamp(1 - clip, 1 + clip)).mean()
+        metrics = {
+            "approx_kl": float(0.5 * ((out.log_prob.detach() - tr.old_log_prob) ** 2).mean()),
+            "clip_fraction": float(((ratio.detach() - 1).abs() > clip).float().mean()),
+        }
+        return loss, metrics

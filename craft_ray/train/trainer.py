@@ -1,0 +1,188 @@
+"""The driver side of a training run: a Ray Train `TorchTrainer` around the shared loop.
+
+`run_training(cfg)` checks the run directory (a finished or stopped run is only continued with
+`resume=True`, never overwritten), starts the trainer on the current Ray cluster, records every
+report in `<run>/metrics.jsonl` (a controller-side callback, so restarts show too), drives a
+progress display, and exports the final weights to `<run>/final/`.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow.fs as pafs
+
+from craft_ray.config import ExperimentConfig
+from craft_ray.errors import TrainingError
+from craft_ray.train.loop import FATAL_KEY, HISTORY_KEY, train_loop_per_worker
+
+METRICS_NAME = "metrics.jsonl"
+FINAL_NAME = "final"
+
+
+@dataclass
+class TrainingSummary:
+    run_uri: str
+    final_uri: str
+    metrics: dict[str, Any]  # the last report
+    history: list[dict[str, Any]]  # every report of every attempt, in order
+
+
+def _fs(uri: str) -> tuple[pafs.FileSystem, str]:
+    return pafs.FileSystem.from_uri(uri)
+
+
+def read_metrics(run_uri: str) -> list[dict[str, Any]]:
+    fs, path = _fs(run_uri)
+    target = f"{path}/{METRICS_NAME}"
+    if fs.get_file_info(target).type == pafs.FileType.NotFound:
+        return []
+    with fs.open_input_stream(target) as handle:
+        return [json.loads(line) for line in handle.read().decode().splitlines() if line.strip()]
+
+
+def run_exists(run_uri: str) -> bool:
+    fs, path = _fs(run_uri)
+    if fs.get_file_info(path).type == pafs.FileType.NotFound:
+        return False
+    entries = fs.get_file_info(pafs.FileSelector(path))
+    return any(e.base_name.startswith("checkpoint_") or e.base_name == METRICS_NAME for e in entries)
+
+
+def _make_recorder(run_uri: str, history: list[dict[str, Any]], queue):
+    from ray.train import UserCallback
+
+    class MetricsRecorder(UserCallback):
+        """Runs in the Train controller: persists every rank-0 report and forwards it for display."""
+
+        def __init__(self) -> None:
+            self.history = list(history)
+
+        def after_report(self, run_context, metrics, checkpoint) -> None:
+            latest = dict(metrics[0])
+            records = [dict(r) for r in latest.pop(HISTORY_KEY, None) or [latest]]
+            record = records[-1]
+            if checkpoint is not None:
+                record["checkpoint_path"] = checkpoint.path
+            self.history.extend(records)
+            fs, path = _fs(run_uri)
+            fs.create_dir(path, recursive=True)
+            with fs.open_output_stream(
+                f"{path}/{METRICS_NAME}"
+            ) as handle:  # rewrite: works on object stores too
+                handle.write("".join(json.dumps(r) + "\n" for r in self.history).encode())
+            if queue is not None:
+                queue.put_nowait(record)
+
+    return MetricsRecorder()
+
+
+def ensure_ray() -> None:
+    """Join the current Ray cluster if there is one, else start a local one."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    try:
+        ray.init(address="auto", log_to_driver=False)
+    except (ConnectionError, RuntimeError, ValueError):
+        ray.init(log_to_driver=False)
+
+
+def _export_final(src_fs: pafs.FileSystem, src: str, run_uri: str) -> str:
+    """Copy the latest checkpoint's weights and model card to <run>/final (replacing an older export)."""
+    fs, root = _fs(run_uri)
+    final = f"{root}/{FINAL_NAME}"
+    if fs.get_file_info(final).type != pafs.FileType.NotFound:
+        fs.delete_dir(final)
+    fs.create_dir(final, recursive=True)
+    for name in ("lora", "unet", "model.json", "config.yaml"):
+        info = src_fs.get_file_info(f"{src}/{name}")
+        if info.type == pafs.FileType.Directory:
+            fs.create_dir(f"{final}/{name}", recursive=True)
+        if info.type != pafs.FileType.NotFound:
+            pafs.copy_files(
+                f"{src}/{name}", f"{final}/{name}", source_filesystem=src_fs, destination_filesystem=fs
+            )
+    return final if "://" not in run_uri else f"{run_uri}/{FINAL_NAME}"
+
+
+def run_training(
+    cfg: ExperimentConfig,
+    resume: bool = False,
+    on_report: Callable[[dict[str, Any]], None] | None = None,
+) -> TrainingSummary:
+    import ray
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+    from ray.util.queue import Empty, Queue
+
+    cfg = cfg.resolved()
+    storage = cfg.storage_uri()
+    run_uri = f"{storage.rstrip('/')}/{cfg.run_name}"
+    exists = run_exists(run_uri)
+    if exists and not resume:
+        raise TrainingError(
+            f"run '{cfg.run_name}' already exists in {storage} (its checkpoints are kept): pass --resume to continue it, "
+            f"or set storage.name / --name for a new run"
+        )
+    if resume and not exists:
+        raise TrainingError(f"nothing to resume: no run '{cfg.run_name}' in {storage}")
+    history = read_metrics(run_uri) if resume else []
+
+    ensure_ray()
+    queue = Queue() if on_report is not None else None
+    scaling = cfg.scaling
+    resources = {
+        "CPU": scaling.cpus_per_worker,
+        **({"GPU": scaling.gpus_per_worker} if scaling.use_gpu else {}),
+    }
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"experiment": cfg.model_dump(mode="json"), "run_uri": run_uri},
+        scaling_config=ScalingConfig(
+            num_workers=scaling.workers, use_gpu=scaling.use_gpu, resources_per_worker=resources
+        ),
+        run_config=RunConfig(
+            name=cfg.run_name,
+            storage_path=storage,
+            checkpoint_config=CheckpointConfig(num_to_keep=cfg.training.keep_checkpoints),
+            failure_config=FailureConfig(max_failures=cfg.training.max_failures),
+            callbacks=[_make_recorder(run_uri, history, queue)],
+        ),
+    )
+    outcome: dict[str, Any] = {}
+
+    def fit() -> None:
+        try:
+            outcome["result"] = trainer.fit()
+        except Exception as exc:  # noqa: BLE001 - re-raised on the calling thread
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=fit, name="craft-train-fit", daemon=True)
+    thread.start()
+    while thread.is_alive() or (queue is not None and not queue.empty()):
+        if queue is None:
+            thread.join(0.5)
+            continue
+        try:
+            on_report(queue.get(timeout=0.5))
+        except Empty:
+            pass
+    if queue is not None:
+        ray.kill(queue.actor)
+    if "error" in outcome:
+        raise TrainingError(f"training run '{cfg.run_name}' failed: {outcome['error']}") from outcome["error"]
+    result = outcome["result"]
+    history = read_metrics(run_uri)
+    last = history[-1] if history else dict(result.metrics or {})
+    if FATAL_KEY in last:
+        raise TrainingError(f"training run '{cfg.run_name}' stopped: {last[FATAL_KEY]}")
+    if result.checkpoint is None:
+        raise TrainingError(f"training run '{cfg.run_name}' finished without a checkpoint")
+    final = _export_final(result.checkpoint.filesystem, result.checkpoint.path, run_uri)
+    return TrainingSummary(run_uri, final, last, history)
