@@ -28,6 +28,41 @@ def write_truncated_jpeg(path: Path) -> Path:
     return path
 
 
+def assert_gradient_matches_finite_differences(
+    f, x, samples: int = 5, eps: float = 1e-5, seed: int = 0, abs_tol: float = 1e-9
+) -> None:
+    """f: float64 tensor (1, C, H, W) -> scalar. Its autograd gradient must be non-zero and agree
+    with central differences at random pixels."""
+    import torch
+
+    x = x.detach().clone().requires_grad_(True)
+    f(x).backward()
+    grad = x.grad.clone()
+    assert grad.abs().sum() > 0
+    rng = np.random.default_rng(seed)
+    for _ in range(samples):
+        c, i, j = (int(rng.integers(0, s)) for s in x.shape[1:])
+        bump = torch.zeros_like(x)
+        bump[0, c, i, j] = eps
+        with torch.no_grad():
+            numeric = (f(x + bump) - f(x - bump)) / (2 * eps)
+        assert float(numeric) == pytest.approx(float(grad[0, c, i, j]), rel=1e-4, abs=abs_tol)
+
+
+def generate_chest(pipe, size: int = 32):
+    """A fixed, seeded 3-step generation, for comparing model weights through their outputs."""
+    import torch
+
+    return pipe(
+        "a frontal chest radiograph showing cardiomegaly",
+        num_inference_steps=3,
+        height=size,
+        width=size,
+        output_type="np",
+        generator=torch.Generator().manual_seed(0),
+    ).images
+
+
 @pytest.fixture(scope="session")
 def phantom_root(tmp_path_factory) -> Path:
     """Small phantom datasets of all four modalities, made once per test session."""

@@ -9,6 +9,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import numpy as np
 import pytest
 import torch
+from conftest import assert_gradient_matches_finite_differences, generate_chest
 from PIL import Image
 
 from craft_ray.errors import ModelError
@@ -49,17 +50,6 @@ def test_diffusion_preset_is_seeded_and_round_trips_through_from_pretrained(tmp_
         build_diffusion(str(tmp_path / "nope"))
 
 
-def _generate(pipe, seed=0):
-    return pipe(
-        "a frontal chest radiograph showing cardiomegaly",
-        num_inference_steps=3,
-        height=32,
-        width=32,
-        output_type="np",
-        generator=torch.Generator().manual_seed(seed),
-    ).images
-
-
 def test_lora_trains_only_adapters_and_loads_with_diffusers(tmp_path):
     trained = build_diffusion("tiny")
     params = add_lora(trained.unet, rank=4)
@@ -70,11 +60,11 @@ def test_lora_trains_only_adapters_and_loads_with_diffusers(tmp_path):
             p.add_(0.3)
     save_lora(trained.unet, tmp_path / "lora")
     base = build_diffusion("tiny").pipeline()
-    before = _generate(base)
+    before = generate_chest(base)
     load_lora_into(base, tmp_path / "lora")
-    after = _generate(base)
+    after = generate_chest(base)
     assert np.abs(after - before).max() > 1e-3  # the LoRA changes the output
-    np.testing.assert_allclose(after, _generate(trained.pipeline()), atol=1e-5)  # ... exactly as trained
+    np.testing.assert_allclose(after, generate_chest(trained.pipeline()), atol=1e-5)  # ... exactly as trained
     with torch.no_grad():
         params[0].fill_(float("nan"))
     with pytest.raises(ModelError, match="NaN"):
@@ -84,24 +74,11 @@ def test_lora_trains_only_adapters_and_loads_with_diffusers(tmp_path):
 def test_vlm_gradient_matches_finite_differences():
     vlm = build_vlm("tiny").double()
     torch.manual_seed(0)
-    x = torch.rand(1, 3, 40, 40, dtype=torch.float64, requires_grad=True)
     texts = ["a frontal chest radiograph", "a cartoon drawing"]
-
-    def f(img):
-        return vlm.logits(vlm.embed_images(img), texts).softmax(-1)[0, 0]
-
-    f(x).backward()
-    grad = x.grad.clone()
-    assert grad.abs().sum() > 0
-    rng = np.random.default_rng(0)
-    eps = 1e-5
-    for _ in range(5):
-        c, i, j = (int(rng.integers(0, s)) for s in (3, 40, 40))
-        bump = torch.zeros_like(x)
-        bump[0, c, i, j] = eps
-        with torch.no_grad():
-            numeric = (f(x + bump) - f(x - bump)) / (2 * eps)
-        assert float(numeric) == pytest.approx(float(grad[0, c, i, j]), rel=1e-4, abs=1e-9)
+    assert_gradient_matches_finite_differences(
+        lambda img: vlm.logits(vlm.embed_images(img), texts).softmax(-1)[0, 0],
+        torch.rand(1, 3, 40, 40, dtype=torch.float64),
+    )
 
 
 def test_vlm_loads_a_saved_checkpoint(tmp_path):

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from conftest import generate_chest
 from safetensors.torch import load_file
 
 from craft_ray.config import validate_config
@@ -46,17 +47,6 @@ def make_cfg(data: Path, storage: Path, method: str, name: str | None = None, tr
     )
 
 
-def generate(pipe):
-    return pipe(
-        "a frontal chest radiograph showing cardiomegaly",
-        num_inference_steps=3,
-        height=32,
-        width=32,
-        output_type="np",
-        generator=torch.Generator().manual_seed(0),
-    ).images
-
-
 @pytest.mark.parametrize("method", ["craft", "lora_sft", "full_sft", "ddpo", "pretrained"])
 def test_every_method_trains_with_two_workers(ray_local, phantom_root, tmp_path, method):
     training = {"denoise_weight": 0.1} if method == "craft" else {}
@@ -73,7 +63,7 @@ def test_every_method_trains_with_two_workers(ray_local, phantom_root, tmp_path,
     assert all(math.isfinite(r["loss"]) for r in summary.history)
     assert [r["checkpoint"] for r in summary.history] == [0.0, 1.0, 1.0]
     base = build_diffusion("tiny").pipeline()
-    before = generate(base)
+    before = generate_chest(base)
     if method == "full_sft":
         from diffusers import UNet2DConditionModel
 
@@ -81,7 +71,7 @@ def test_every_method_trains_with_two_workers(ray_local, phantom_root, tmp_path,
     else:
         assert card["adapter"] == "lora"
         load_lora_into(base, final / "lora")
-    assert np.abs(generate(base) - before).max() > 1e-4  # the trained weights change the output
+    assert np.abs(generate_chest(base) - before).max() > 1e-4  # the trained weights change the output
     if method in ("craft", "ddpo"):
         assert all(0.0 <= r["reward"] <= 1.0 for r in summary.history)
 
@@ -196,5 +186,7 @@ def test_offline_demo_end_to_end(ray_local, tmp_path):
     assert result.calibration.thresholds and result.calibration_path.exists()
     assert result.training.metrics["step"] == 2.0 and result.training.metrics["world_size"] == 2.0
     assert (Path(result.training.final_uri) / "lora" / "pytorch_lora_weights.safetensors").exists()
-    again = run_demo(out, n=40, size=32, steps=2, workers=2)  # re-running reuses and continues, never overwrites
+    again = run_demo(
+        out, n=40, size=32, steps=2, workers=2
+    )  # re-running reuses and continues, never overwrites
     assert again.training.history[-1]["resumed_from"] == 2.0

@@ -17,7 +17,7 @@ from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNe
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from craft_ray.errors import ModelError
-from craft_ray.models.tokenizer import tiny_clip_tokenizer
+from craft_ray.models.tokenizer import text_config_ids, tiny_clip_tokenizer
 
 # Sizes of the in-code presets. "tiny": tests and the offline default (a few hundred k
 # parameters). "small": a ~20M-parameter UNet for CPU benchmarks of the training loop. "sd15":
@@ -147,16 +147,7 @@ def _build_preset(name: str, seed: int = 0) -> DiffusionComponents:
     tokenizer = tiny_clip_tokenizer()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        text_encoder = CLIPTextModel(
-            CLIPTextConfig(
-                vocab_size=len(tokenizer),
-                max_position_embeddings=tokenizer.model_max_length,
-                bos_token_id=tokenizer.bos_token_id,
-                eos_token_id=tokenizer.eos_token_id,
-                pad_token_id=tokenizer.pad_token_id,
-                **preset["text"],
-            )
-        )
+        text_encoder = CLIPTextModel(CLIPTextConfig(**text_config_ids(tokenizer), **preset["text"]))
         unet = UNet2DConditionModel(in_channels=4, out_channels=4, **preset["unet"])
         vae = AutoencoderKL(
             in_channels=3,

@@ -125,6 +125,17 @@ def tiny_clip_tokenizer(model_max_length: int = 77) -> CLIPTokenizer:
     return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=model_max_length)
 
 
+def text_config_ids(tokenizer: CLIPTokenizer) -> dict[str, int]:
+    """The vocabulary-dependent fields of a CLIP text config built for `tokenizer`."""
+    return {
+        "vocab_size": len(tokenizer),
+        "max_position_embeddings": tokenizer.model_max_length,
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+    }
+
+
 def tiny_chat_tokenizer() -> PreTrainedTokenizerFast:
     words = [*CHAT_SPECIALS, *corpus_words(), *list(".,:;?!'-()&/")]
     vocab: dict[str, int] = {}

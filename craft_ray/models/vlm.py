@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
 
 from craft_ray.errors import ModelError
-from craft_ray.models.tokenizer import tiny_clip_tokenizer
+from craft_ray.models.tokenizer import text_config_ids, tiny_clip_tokenizer
 
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -153,14 +153,7 @@ def _tiny_clip(preset: str, seed: int = 0) -> VLMScorer:
         torch.manual_seed(seed)
         model = CLIPModel(
             CLIPConfig(
-                text_config=dict(
-                    vocab_size=len(tokenizer),
-                    max_position_embeddings=tokenizer.model_max_length,
-                    bos_token_id=tokenizer.bos_token_id,
-                    eos_token_id=tokenizer.eos_token_id,
-                    pad_token_id=tokenizer.pad_token_id,
-                    **cfg["text"],
-                ),
+                text_config={**text_config_ids(tokenizer), **cfg["text"]},
                 vision_config=cfg["vision"],
                 projection_dim=cfg["projection_dim"],
             )
