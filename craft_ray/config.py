@@ -183,6 +183,10 @@ class DDPOConfig(_Strict):
     clip_range: float = Field(1e-4, gt=0)
     adv_clip_max: float = Field(5.0, gt=0)
     timestep_fraction: float = Field(1.0, gt=0, le=1, description="share of sampler steps trained on")
+    inner_epochs: int = Field(1, ge=1, description="passes over each sampling round's transitions")
+    updates_per_epoch: int = Field(
+        2, ge=1, description="optimiser updates per pass (later ones see ratios != 1)"
+    )
 
 
 class ScalingConfig(_Strict):
@@ -226,6 +230,15 @@ class ExperimentConfig(_Strict):
 
     @model_validator(mode="after")
     def _check(self) -> ExperimentConfig:
+        trained_steps = (
+            max(1, round(self.training.sampler_steps * self.ddpo.timestep_fraction))
+            * self.training.grad_accum
+        )
+        if self.method == "ddpo" and self.ddpo.updates_per_epoch > trained_steps:
+            raise ValueError(
+                f"ddpo.updates_per_epoch={self.ddpo.updates_per_epoch} exceeds the {trained_steps} sampler transitions "
+                "trained per step (training.sampler_steps x ddpo.timestep_fraction x training.grad_accum)"
+            )
         if self.debug.fail_at_step is not None and self.debug.fail_rank >= self.scaling.workers:
             raise ValueError(
                 f"debug.fail_rank={self.debug.fail_rank} but scaling.workers={self.scaling.workers}"

@@ -132,7 +132,7 @@ def test_non_finite_steps_are_skipped_then_stop_the_run(ray_local, phantom_root,
         training={"steps": 6, "max_nonfinite_steps": 2},
         debug={"nonfinite_steps": [3, 4, 5, 6]},
     )
-    with pytest.raises(TrainingError, match="3 non-finite steps in a row"):
+    with pytest.raises(TrainingError, match="3 non-finite updates in a row"):
         run_training(cfg)
     run_dir = tmp_path / "all-nan"
     checkpoints = sorted(run_dir.glob("checkpoint_0*"))

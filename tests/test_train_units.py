@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from craft_ray.config import validate_config
+from craft_ray.errors import ConfigError
 from craft_ray.models.diffusion import _scheduler
 from craft_ray.train.context import batch_rows
 from craft_ray.train.ddim import DDIMSampler
@@ -97,3 +98,16 @@ def test_other_methods_take_a_local_step(phantom_root, tmp_path, method):
     session = LocalSession(tmp_path)
     train_loop(local_cfg(str(phantom_root / "chest"), method, steps=1), session)
     assert session.metrics[-1]["step"] == 1.0 and math.isfinite(session.metrics[-1]["loss"])
+
+
+def test_ddpo_later_updates_see_importance_ratios_away_from_one(phantom_root, tmp_path):
+    cfg = local_cfg(str(phantom_root / "chest"), "ddpo", steps=1, learning_rate=1e-2)
+    assert cfg.ddpo.updates_per_epoch == 2
+    session = LocalSession(tmp_path)
+    train_loop(cfg, session)
+    # the first update's ratios are exactly 1 (same policy as at sampling); the second's are not
+    assert session.metrics[-1]["approx_kl"] > 0
+    with pytest.raises(ConfigError, match="ddpo.updates_per_epoch=9 exceeds the 3 sampler transitions"):
+        validate_config(
+            {**cfg.model_dump(mode="json"), "ddpo": {"samples_per_prompt": 2, "updates_per_epoch": 9}}
+        )

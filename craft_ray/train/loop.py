@@ -1,8 +1,9 @@
 """The one training loop every method shares (one Ray Train worker, or a plain process).
 
-Per step: the method plans micro-batches; each loss is back-propagated (DDP synchronises on the
-last); all ranks agree whether the step was finite; a finite step is clipped and applied, a
-non-finite one is skipped and counted, and too many in a row stop the run with a clear error.
+Per step: the method plans one or more optimiser updates, each of micro-batches; each loss is
+back-propagated (DDP synchronises on an update's last micro-batch); all ranks agree whether the
+update was finite; a finite update is clipped and applied, a non-finite one is skipped and
+counted, and too many in a row stop the run with a clear error.
 Every `checkpoint_every` steps rank 0 writes a checkpoint (after checking the frozen weights did
 not move) and all ranks report; on (re)start the loop resumes from the latest checkpoint.
 """
@@ -117,55 +118,72 @@ def train_loop(cfg: ExperimentConfig, session: TrainSession, run_uri: str | None
     consecutive_bad = 0
     last_error: str | None = None
     metrics: dict[str, Any] = {}
+    n_updates = method.updates_per_step(cfg)
+
+    def nan_backward() -> None:
+        # A NaN gradient on every trainable parameter: this rank still joins the others' gradient
+        # all-reduce, and the all-reduced NaN makes every rank skip the update.
+        optimizer.zero_grad(set_to_none=True)
+        (sum(p.sum() for p in trainable) * float("nan")).backward()
+
     for step in range(start, t.steps):
         completed = step + 1
         _inject_failure(cfg, session, completed, run_uri)
         started = time.perf_counter()
-        plan_metrics: dict[str, float] = {}
-        sums: dict[str, float] = defaultdict(float)
-        loss_sum, finite, n_micro = 0.0, True, 1
         try:
             plan = method.plan(ctx, step)
-            plan_metrics = plan.metrics
-            n_micro = max(1, len(plan.micro_batches))
-            for index, micro in enumerate(plan.micro_batches):
-                sync = index == n_micro - 1 or not hasattr(unet, "no_sync")
-                with contextlib.nullcontext() if sync else unet.no_sync(), ctx.autocast():
-                    loss, micro_metrics = method.loss(ctx, micro, step, index)
-                    if completed in cfg.debug.nonfinite_steps and session.rank == 0:
-                        loss = loss * float("nan")
-                finite = finite and bool(torch.isfinite(loss.detach()))
-                (loss / n_micro).backward()
-                loss_sum += float(loss.detach())
-                for key, value in micro_metrics.items():
-                    sums[key] += value / n_micro
+            if len(plan.updates) != n_updates:
+                raise TrainingError(
+                    f"{method.name} planned {len(plan.updates)} updates, expected {n_updates}"
+                )
         except CraftError as exc:
-            # e.g. the reward met NaN pixels. Count the step as non-finite; a NaN backward through
-            # every trainable parameter keeps this rank in step with the others' gradient all-reduce.
-            last_error = f"step {completed}: {exc}"
+            plan, last_error = None, f"step {completed}: {exc}"
             print(f"[rank {session.rank}] skipping {last_error}", file=sys.stderr, flush=True)
-            finite = False
-            optimizer.zero_grad(set_to_none=True)
-            (sum(p.sum() for p in trainable) * float("nan")).backward()
-        grads_finite = all(torch.isfinite(p.grad).all() for p in trainable if p.grad is not None)
-        bad = torch.tensor([0.0 if finite and grads_finite else 1.0], device=session.device)
-        if float(session.all_reduce(bad, "max")) > 0:  # every rank takes the same decision
-            optimizer.zero_grad(set_to_none=True)
-            counters["skipped_steps"] += 1
-            consecutive_bad += 1
-            grad_norm = float("nan")
-        else:
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(trainable, t.max_grad_norm))
-            optimizer.step()
-            lr_scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            consecutive_bad = 0
-        local = {"loss": loss_sum / n_micro if finite else float("nan"), **plan_metrics, **sums}
+        sums: dict[str, float] = defaultdict(float, plan.metrics if plan else {})
+        losses, grad_norms, micro_index = [], [], 0
+        for update in plan.updates if plan else [[]] * n_updates:
+            finite, loss_sum, n_micro = True, 0.0, max(1, len(update))
+            try:
+                if not update:
+                    raise TrainingError("no micro-batches planned")
+                for position, micro in enumerate(update):
+                    sync = position == n_micro - 1 or not hasattr(unet, "no_sync")
+                    with contextlib.nullcontext() if sync else unet.no_sync(), ctx.autocast():
+                        loss, micro_metrics = method.loss(ctx, micro, step, micro_index)
+                        if completed in cfg.debug.nonfinite_steps and session.rank == 0:
+                            loss = loss * float("nan")
+                    micro_index += 1
+                    finite = finite and bool(torch.isfinite(loss.detach()))
+                    (loss / n_micro).backward()
+                    loss_sum += float(loss.detach())
+                    for key, value in micro_metrics.items():
+                        sums[key] += value / (n_micro * n_updates)
+            except CraftError as exc:  # e.g. the reward met NaN pixels
+                if plan is not None:
+                    last_error = f"step {completed}: {exc}"
+                    print(f"[rank {session.rank}] skipping {last_error}", file=sys.stderr, flush=True)
+                finite = False
+                nan_backward()
+            grads_finite = all(torch.isfinite(p.grad).all() for p in trainable if p.grad is not None)
+            bad = torch.tensor([0.0 if finite and grads_finite else 1.0], device=session.device)
+            if float(session.all_reduce(bad, "max")) > 0:  # every rank takes the same decision
+                optimizer.zero_grad(set_to_none=True)
+                counters["skipped_steps"] += 1
+                consecutive_bad += 1
+                grad_norms.append(float("nan"))
+            else:
+                grad_norms.append(float(torch.nn.utils.clip_grad_norm_(trainable, t.max_grad_norm)))
+                optimizer.step()
+                lr_scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                consecutive_bad = 0
+            losses.append(loss_sum / n_micro if finite else float("nan"))
+        local = {"loss": sum(losses) / len(losses), **sums}
         metrics = _mean_across_ranks(session, local, session.device) if session.world_size > 1 else local
         metrics.update(base_metrics)
         metrics.update(
             step=float(completed),
-            grad_norm=grad_norm,
+            grad_norm=sum(grad_norms) / len(grad_norms),
             lr=float(lr_scheduler.get_last_lr()[0]),
             step_time_s=time.perf_counter() - started,
             timestamp=time.time(),
@@ -173,7 +191,7 @@ def train_loop(cfg: ExperimentConfig, session: TrainSession, run_uri: str | None
         )
         if consecutive_bad > t.max_nonfinite_steps:
             fatal = (
-                f"step {completed}: {consecutive_bad} non-finite steps in a row (limit training.max_nonfinite_steps="
+                f"step {completed}: {consecutive_bad} non-finite updates in a row (limit training.max_nonfinite_steps="
                 f"{t.max_nonfinite_steps}); the last finite checkpoint is kept. Lower the learning rate or check the reward."
                 + (f" Last error: {last_error}" if last_error else "")
             )

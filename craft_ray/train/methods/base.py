@@ -4,6 +4,9 @@ The loop (`craft_ray.train.loop`) owns everything else: optimiser, accumulation,
 non-finite guards, checkpoints, metrics and resume. A method says which parameters it trains
 (`adapter`), whether it needs the CAS reward, how a step splits into micro-batches (`plan`) and
 the loss of one micro-batch (`loss`).
+
+A step is usually one optimiser update; DDPO makes several per sampling round (so its importance
+ratios move away from 1), which `updates_per_step` declares up front.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from craft_ray.train.context import TrainContext
 
 @dataclass
 class StepPlan:
-    micro_batches: list[Any]
+    updates: list[list[Any]]  # optimiser updates of the step, each a list of micro-batches
     metrics: dict[str, float] = field(default_factory=dict)  # step-level metrics (e.g. sampled rewards)
 
 
@@ -46,9 +49,13 @@ class Method:
     def setup(self, ctx: TrainContext) -> None:
         """Called once the context exists (build samplers and the like)."""
 
+    def updates_per_step(self, cfg: ExperimentConfig) -> int:
+        """How many optimiser updates a step makes (known before planning, so every rank agrees)."""
+        return 1
+
     def plan(self, ctx: TrainContext, step: int) -> StepPlan:
-        """Default: `grad_accum` micro-batches of dataset rows."""
-        return StepPlan([ctx.batch(step, micro) for micro in range(ctx.cfg.training.grad_accum)])
+        """Default: one update of `grad_accum` micro-batches of dataset rows."""
+        return StepPlan([[ctx.batch(step, micro) for micro in range(ctx.cfg.training.grad_accum)]])
 
     def loss(
         self, ctx: TrainContext, micro_batch: Any, step: int, index: int

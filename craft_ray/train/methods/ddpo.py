@@ -2,8 +2,10 @@
 
 Each step samples `batch_size` label sets x `samples_per_prompt` images with DDIM (eta > 0),
 keeping every transition and its log-probability; rewards are normalised per prompt into
-advantages; then, for a share of the sampler steps, the current model's log-probability of the
-same transition gives the importance ratio, and the clipped surrogate is minimised.
+advantages; then, over `inner_epochs` passes through a share of the sampler steps split into
+`updates_per_epoch` optimiser updates, the current model's log-probability of each transition
+against the sampling-time one gives the importance ratio (1 for the first update, drifting after),
+and the clipped surrogate is minimised.
 """
 
 from __future__ import annotations
@@ -36,6 +38,9 @@ class DDPO(Method):
 
     def setup(self, ctx: TrainContext) -> None:
         self.sampler = DDIMSampler(ctx.components.scheduler, ctx.cfg.training.sampler_steps, ctx.device)
+
+    def updates_per_step(self, cfg) -> int:
+        return cfg.ddpo.inner_epochs * cfg.ddpo.updates_per_epoch
 
     @torch.no_grad()
     def plan(self, ctx: TrainContext, step: int) -> StepPlan:
@@ -84,8 +89,14 @@ class DDPO(Method):
                     )
                 )
         all_rewards = torch.cat(rewards)
+        updates = []
+        for epoch in range(cfg.ddpo.inner_epochs):
+            order = ctx.rng(step, epoch, "dropout").sample(range(len(transitions)), len(transitions))
+            shuffled = [transitions[i] for i in order]
+            n = cfg.ddpo.updates_per_epoch
+            updates += [shuffled[i::n] for i in range(n)]  # round robin: none empty (config checks n)
         return StepPlan(
-            transitions, {"reward": float(all_rewards.mean()), "reward_std": float(all_rewards.std())}
+            updates, {"reward": float(all_rewards.mean()), "reward_std": float(all_rewards.std())}
         )
 
     def loss(
