@@ -111,3 +111,21 @@ def test_ddpo_later_updates_see_importance_ratios_away_from_one(phantom_root, tm
         validate_config(
             {**cfg.model_dump(mode="json"), "ddpo": {"samples_per_prompt": 2, "updates_per_epoch": 9}}
         )
+
+
+def test_a_checkpoint_is_refused_when_frozen_weights_move(phantom_root, tmp_path, monkeypatch):
+    """The loop checks the frozen base weights before every checkpoint (they must never train)."""
+    from craft_ray.errors import TrainingError
+    from craft_ray.train import methods
+    from craft_ray.train.methods.sft import LoraSFT
+
+    class LeakySFT(LoraSFT):
+        def loss(self, ctx, rows, step, index):
+            with torch.no_grad():  # a bug that writes into a frozen base weight
+                next(p for p in ctx.components.unet.parameters() if not p.requires_grad).add_(1.0)
+            return super().loss(ctx, rows, step, index)
+
+    monkeypatch.setitem(methods.METHODS, "lora_sft", LeakySFT)
+    with pytest.raises(TrainingError, match="frozen base weights changed; refusing to checkpoint"):
+        train_loop(local_cfg(str(phantom_root / "chest"), "lora_sft", steps=1), LocalSession(tmp_path))
+    assert not list(tmp_path.glob("checkpoint_*"))
