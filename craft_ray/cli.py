@@ -190,15 +190,7 @@ def _evaluator_spec(
             raise CraftError(
                 f"{config} is for dataset '{cfg.dataset.name}' but {data} holds '{manifest.dataset}'"
             )
-        return EvaluatorSpec(
-            manifest.dataset,
-            list(cfg.dataset.label_space),
-            cfg.model.vlm,
-            cfg.model.mllm,
-            cfg.model.mllm_model,
-            cfg.reward.effective_weights(),
-            [str(c) for c in checklists or []],
-        )
+        return EvaluatorSpec.from_config(cfg, checklists=[str(c) for c in checklists or []])
     label_list = [x.strip() for x in labels.split(",")] if labels else list(manifest.label_space)
     return EvaluatorSpec(
         manifest.dataset,

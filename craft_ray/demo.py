@@ -77,14 +77,7 @@ def run_demo(
         calibration = Calibration.load(calibration_path)
     else:
         cfg = load_config(EXPERIMENT, {"dataset.uri": str(out / "data" / "chest")})
-        spec = EvaluatorSpec(
-            "chexpert",
-            list(cfg.dataset.label_space),
-            cfg.model.vlm,
-            None,
-            None,
-            cfg.reward.effective_weights(),
-        )
+        spec = EvaluatorSpec.from_config(cfg, with_mllm=False)
         calibration = calibrate(
             spec,
             str(out / "data" / "chest"),

@@ -17,6 +17,7 @@ from craft_ray.cas.dimensions import (
     RealismReference,
 )
 from craft_ray.cas.validation import check_images, check_label_sets
+from craft_ray.config import ExperimentConfig
 from craft_ray.errors import ScoringError
 from craft_ray.knowledge.checklists import ClinicalKnowledge, load_knowledge
 from craft_ray.knowledge.labels import get_dataset
@@ -53,6 +54,21 @@ class EvaluatorSpec:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @classmethod
+    def from_config(
+        cls, cfg: ExperimentConfig, with_mllm: bool = True, checklists: list[str] | None = None
+    ) -> EvaluatorSpec:
+        """The evaluator an experiment's reward describes: its dataset labels, VLM, MLLM, weights."""
+        return cls(
+            cfg.dataset.name,
+            list(cfg.dataset.label_space),
+            cfg.model.vlm,
+            cfg.model.mllm if with_mllm else None,
+            cfg.model.mllm_model if with_mllm else None,
+            cfg.reward.effective_weights(),
+            list(checklists or []),
+        )
 
 
 class CASEvaluator:
@@ -108,6 +124,12 @@ class CASEvaluator:
             dims = {name: dim(batch) for name, dim in self.dimensions.items() if self.weights[name] > 0}
             total = sum(self.weights[n] * d for n, d in dims.items()) / sum(self.weights[n] for n in dims)
         return CASResult(dims, total, self.weights)
+
+    def to(self, device: torch.device | str) -> CASEvaluator:
+        self.vlm.to(device)
+        if isinstance(self.mllm, torch.nn.Module):  # a remote MLLM has no device
+            self.mllm.to(device)
+        return self
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         check_images(images)

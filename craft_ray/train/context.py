@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from craft_ray.cas.calibration import Calibration
-from craft_ray.cas.score import CASEvaluator
+from craft_ray.cas.score import CASEvaluator, EvaluatorSpec, build_evaluator
 from craft_ray.config import ExperimentConfig
 from craft_ray.data.reading import ImageParquetDataset
 from craft_ray.errors import DataError
@@ -26,8 +26,6 @@ from craft_ray.knowledge.checklists import load_knowledge
 from craft_ray.knowledge.labels import DatasetSpec, get_dataset
 from craft_ray.knowledge.prompts import Enricher, NoEnrichment, PhraseEnrichment, build_prompt
 from craft_ray.models.diffusion import DiffusionComponents
-from craft_ray.models.mllm import build_mllm
-from craft_ray.models.vlm import build_vlm
 from craft_ray.train.session import TrainSession
 
 PURPOSES = {"noise": 0, "timestep": 1, "truncation": 2, "prompt": 3, "vae": 4, "dropout": 5, "sampler": 6}
@@ -227,17 +225,7 @@ class TrainContext:
 
 
 def build_evaluator_for(cfg: ExperimentConfig, device: torch.device, with_mllm: bool) -> CASEvaluator:
-    """The reward model of a run: the config's VLM (and MLLM for evaluation-path rewards)."""
+    """The reward model of a run: the config's evaluator (the MLLM only for evaluation-path rewards),
+    with the realism reference of `reward.calibration` when one is given."""
     reference = Calibration.load(cfg.reward.calibration).reference if cfg.reward.calibration else None
-    evaluator = CASEvaluator(
-        cfg.dataset.name,
-        build_vlm(cfg.model.vlm).to(device),
-        cfg.reward.effective_weights(),
-        cfg.dataset.label_space,
-        load_knowledge(),
-        build_mllm(cfg.model.mllm, cfg.model.mllm_model) if with_mllm else None,
-        reference,
-    )
-    if evaluator.mllm is not None and hasattr(evaluator.mllm, "to"):
-        evaluator.mllm.to(device)
-    return evaluator
+    return build_evaluator(EvaluatorSpec.from_config(cfg, with_mllm), reference).to(device)
