@@ -1,0 +1,3 @@
+from craft_ray.cli import main
+
+main()

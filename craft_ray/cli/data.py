@@ -1,0 +1,89 @@
+"""`craft data`: convert public datasets, generate phantoms, summarise dataset directories."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from craft_ray.cli.common import console, print_manifest, progress_bar
+from craft_ray.errors import CraftError
+
+app = typer.Typer(
+    help="Convert datasets, generate phantoms, inspect dataset directories.", no_args_is_help=True
+)
+
+
+@app.command("convert")
+def data_convert(
+    dataset: Annotated[str, typer.Option(help="chexpert | isic | fundus | histopath")],
+    source: Annotated[Path, typer.Option(help="the dataset in its public on-disk layout")],
+    out: Annotated[Path, typer.Option(help="output directory (must be empty or absent)")],
+    size: Annotated[
+        int | None, typer.Option(help="resize to SIZE x SIZE (shorter side, centre crop)")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="seed of the patient-level split")] = 0,
+    splits: Annotated[str, typer.Option(help="split fractions")] = "train=0.8,val=0.1,test=0.1",
+    uncertainty: Annotated[str, typer.Option(help="CheXpert -1 labels: ones | zeros | ignore")] = "ignore",
+    frontal_only: Annotated[bool, typer.Option(help="CheXpert: keep frontal views only")] = False,
+    threads: Annotated[int, typer.Option(help="decoding threads")] = 4,
+) -> None:
+    """Convert a public dataset layout into canonical parquet shards + manifest."""
+    from craft_ray.data.converters import ConvertOptions, convert
+    from craft_ray.data.splits import parse_fractions
+
+    if uncertainty not in ("ones", "zeros", "ignore"):
+        raise CraftError(f"--uncertainty must be ones, zeros or ignore, got {uncertainty!r}")
+    if size is not None and size < 8:
+        raise CraftError(f"--size must be at least 8, got {size}")
+    options = ConvertOptions(
+        fractions=parse_fractions(splits),
+        seed=seed,
+        size=size,
+        uncertainty=uncertainty,  # type: ignore[arg-type]
+        frontal_only=frontal_only,
+        threads=threads,
+    )
+    with progress_bar(f"converting {dataset}") as update:
+        manifest = convert(dataset, source, out, options, progress=update)
+    print_manifest(manifest, out)
+
+
+@app.command("phantom")
+def data_phantom(
+    modality: Annotated[str, typer.Option(help="chest | derm | fundus | histo")],
+    out: Annotated[Path, typer.Option(help="output directory (must be empty or absent)")],
+    n: Annotated[int, typer.Option(help="number of images")] = 1000,
+    size: Annotated[int, typer.Option(help="image side in pixels")] = 64,
+    seed: Annotated[int, typer.Option(help="seed: same seed, byte-identical output")] = 0,
+    splits: Annotated[str, typer.Option(help="split fractions")] = "train=0.8,val=0.1,test=0.1",
+) -> None:
+    """Generate a phantom dataset with known, stored findings."""
+    from craft_ray.data.phantoms import make_phantom_dataset
+    from craft_ray.data.splits import parse_fractions
+
+    with progress_bar(f"phantom {modality}") as update:
+        manifest = make_phantom_dataset(
+            modality, n, out, size, seed, parse_fractions(splits), progress=update
+        )
+    print_manifest(manifest, out)
+
+
+@app.command("summary")
+def data_summary(
+    uri: Annotated[str, typer.Argument(help="dataset directory or URI")],
+    rejects: Annotated[int, typer.Option(help="show this many reject reasons")] = 10,
+) -> None:
+    """Print a dataset's counts per split and label, and its first reject reasons."""
+    import pyarrow.parquet as pq
+
+    from craft_ray.data import read_manifest
+    from craft_ray.data.schema import REJECTS_NAME
+
+    manifest = read_manifest(uri)
+    print_manifest(manifest, uri)
+    rejects_path = Path(uri) / REJECTS_NAME
+    if manifest.rejects and rejects_path.exists() and rejects:
+        for row in pq.read_table(rejects_path).slice(0, rejects).to_pylist():
+            console.print(f"  {row['source']}: {row['reason']}")
