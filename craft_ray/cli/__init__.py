@@ -3,7 +3,12 @@ and exit with status 2."""
 
 from __future__ import annotations
 
+import os
 import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
 
 import typer
 
@@ -22,8 +27,29 @@ app.command("demo")(demo.demo)
 
 
 def main() -> None:
+    """Exit 2 with one line for errors the user can fix (CraftError); exit 1 with one line for
+    internal failures, the traceback going to a log file (or where the exception says it went)."""
     try:
         app()
     except CraftError as exc:
         err_console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
         sys.exit(2)
+    except KeyboardInterrupt:
+        err_console.print("[yellow]interrupted[/yellow]")
+        sys.exit(130)
+    except Exception as exc:  # noqa: BLE001 - the one place internal failures become exit 1
+        log = getattr(exc, "log_path", None) or write_traceback(exc)
+        err_console.print(
+            f"[red]internal error:[/red] {type(exc).__name__}: {exc} (traceback in {log})",
+            highlight=False,
+            soft_wrap=True,
+        )
+        sys.exit(1)
+
+
+def write_traceback(exc: BaseException) -> Path:
+    log_dir = Path(tempfile.gettempdir()) / "craft-ray-logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    path = log_dir / f"craft-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+    path.write_text("".join(traceback.format_exception(exc)))
+    return path

@@ -18,6 +18,7 @@ import pyarrow.fs as pafs
 
 from craft_ray.config import ExperimentConfig
 from craft_ray.errors import TrainingError
+from craft_ray.raycluster import ensure_ray
 from craft_ray.train.loop import FATAL_KEY, HISTORY_KEY, train_loop_per_worker
 
 METRICS_NAME = "metrics.jsonl"
@@ -79,18 +80,6 @@ def _make_recorder(run_uri: str, history: list[dict[str, Any]], queue):
                 queue.put_nowait(record)
 
     return MetricsRecorder()
-
-
-def ensure_ray() -> None:
-    """Join the current Ray cluster if there is one, else start a local one."""
-    import ray
-
-    if ray.is_initialized():
-        return
-    try:
-        ray.init(address="auto", log_to_driver=False)
-    except (ConnectionError, RuntimeError, ValueError):
-        ray.init(log_to_driver=False)
 
 
 def _export_final(src_fs: pafs.FileSystem, src: str, run_uri: str) -> str:
