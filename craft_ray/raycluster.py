@@ -1,13 +1,17 @@
 """Joining a Ray cluster: every command that starts Ray work calls `ensure_ray` once.
 
-Order: an explicit `--address`, then `RAY_ADDRESS` (set by `ray job submit` and by users), then a
-cluster already running on this machine (`ray start` / `ray up` head node), else a new local
-cluster that ends with the process. The returned sentence says which, for the command to print.
+Order: an explicit `--address`, then `RAY_ADDRESS` (set by `ray job submit`; on a cluster's head node
+`export RAY_ADDRESS=auto` joins the cluster running there), else a new local cluster that ends with
+the process. There is deliberately no silent "auto": Ray's auto-detection falls back to any Ray
+cluster whose processes it finds on the machine, which on a shared host may be someone else's.
+The returned sentence says which, for the command to print.
 """
 
 from __future__ import annotations
 
 import os
+
+from craft_ray.errors import CraftError
 
 
 def ensure_ray(address: str | None = None, **init_kwargs) -> str:
@@ -18,15 +22,14 @@ def ensure_ray(address: str | None = None, **init_kwargs) -> str:
         return f"using the Ray cluster this process is connected to ({_where()})"
     address = address or os.environ.get("RAY_ADDRESS")
     init_kwargs.setdefault("log_to_driver", False)
-    if address:
-        ray.init(address=address, **init_kwargs)
+    if address and address != "local":
+        try:
+            ray.init(address=address, **init_kwargs)
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            raise CraftError(f"cannot join the Ray cluster at {address!r}: {exc}") from None
         return f"joined the Ray cluster at {address} ({_where()})"
-    try:
-        ray.init(address="auto", **init_kwargs)
-        return f"joined the Ray cluster running on this machine ({_where()})"
-    except (ConnectionError, RuntimeError, ValueError):
-        ray.init(**init_kwargs)
-        return f"started a local Ray cluster ({_where()}); it stops when this command ends"
+    ray.init(address="local", **init_kwargs)
+    return f"started a local Ray cluster ({_where()}); it stops when this command ends"
 
 
 def _where() -> str:
