@@ -6,18 +6,15 @@ import math
 from collections import Counter
 from collections.abc import Sequence
 
-from scipy.stats import binomtest, norm
+from scipy.stats import binomtest
 
 
 def wilson(successes: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
     """Wilson score interval for a binomial proportion ((nan, nan) when n == 0)."""
     if n == 0:
         return math.nan, math.nan
-    z = float(norm.ppf(0.5 + confidence / 2))
-    p = successes / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
-    return max(0.0, centre - half), min(1.0, centre + half)
+    ci = binomtest(successes, n).proportion_ci(confidence_level=confidence, method="wilson")
+    return float(ci.low), float(ci.high)
 
 
 def sign_test(wins: int, losses: int) -> float:
