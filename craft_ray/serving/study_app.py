@@ -84,7 +84,8 @@ class StudyApp:
 
     @api.get("/healthz")
     def healthz(self) -> dict:
-        return {"status": "ok", "pairs": len(self.desk.pairs)}
+        replica = serve.get_replica_context().replica_id.unique_id
+        return {"status": "ok", "pairs": len(self.desk.pairs), "replica": replica}
 
     @api.get("/api/readers/{reader}/progress")
     def progress(self, reader: str) -> dict:

@@ -46,6 +46,7 @@ async function login(reader) {
 }
 
 function render(progress) {
+  if (document.activeElement && document.activeElement !== document.body) document.activeElement.blur();
   state.last = progress.last;
   state.revising = false;
   $("progress").textContent = `${progress.done} / ${progress.total} answered`;
@@ -91,6 +92,7 @@ function markChoice(choice) {
 
 function showPair(pair) {
   state.pair = pair;
+  $("task").dataset.pair = pair.pair_id;
   $("labels").textContent = pair.labels.join(", ");
   $("left-img").src = pair.left;
   $("right-img").src = pair.right;
