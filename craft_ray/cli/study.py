@@ -41,21 +41,12 @@ def study_create(
     ] = None,
 ) -> None:
     """Generate image pairs of the runs for the same label sets and seeds, sides randomised, methods hidden."""
-    from craft_ray.study.build import create_study
+    from craft_ray.study.build import plan_study, write_study
 
+    all_runs = [str(r) for r in [*runs, *(more_runs or [])]]
+    plan = plan_study(all_runs, out, n, seed, _split_readers(readers), controls, split, data, overwrite)
     with progress_bar("generating study images") as update:
-        manifest = create_study(
-            [str(r) for r in [*runs, *(more_runs or [])]],
-            out,
-            n,
-            seed,
-            _split_readers(readers),
-            controls,
-            split,
-            data,
-            overwrite,
-            update,
-        )
+        manifest = write_study(plan, out, update)
     table = Table(
         title=escape(f"study {out}: {manifest.pairs} pairs on {manifest.dataset} [{manifest.split}]")
     )

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Callable
+from dataclasses import dataclass
 from itertools import combinations
 from pathlib import Path
 
@@ -96,7 +97,20 @@ def _check_args(run_dirs: list[str], n: int, controls: int, readers: list[str]) 
         raise StudyError("--readers: a reader id is given twice")
 
 
-def create_study(
+@dataclass
+class StudyPlan:
+    """Everything checked and drawn before any image is generated."""
+
+    runs: list[StudyRun]
+    names: list[str]
+    manifest: StudyManifest
+    label_sets: list[list[str]]
+    seeds: list[int]
+    real_rows: list[dict]
+    rng: np.random.Generator
+
+
+def plan_study(
     run_dirs: list[str],
     out: str | Path,
     n: int,
@@ -106,8 +120,8 @@ def create_study(
     split: str = "test",
     data: str | None = None,
     overwrite: bool = False,
-    progress: Progress | None = None,
-) -> StudyManifest:
+) -> StudyPlan:
+    """Check the inputs and the output, open the runs, draw label sets, seeds and control images."""
     _check_args(run_dirs, n, controls, readers)
     check_output(out, overwrite, kind="dir")
     runs = [open_run(r) for r in run_dirs]
@@ -122,20 +136,8 @@ def create_study(
     pool = _real_pool(data_uri, split, labels, with_images=controls > 0)
     rng = np.random.default_rng([int(seed), 1])
     label_sets = [pool[int(i)]["labels"] for i in rng.integers(0, len(pool), n)]
-    seeds = [image_seed(seed, i) for i in range(n)]
     real_rows = [pool[int(i)] for i in rng.integers(0, len(pool), controls)]
     names = source_names(runs)
-    generated, control_images = _generate(runs, label_sets, seeds, real_rows, seed, progress)
-    candidates = []  # (labels, seed, kind, [(source, image), (source, image)])
-    for i in range(n):
-        for a, b in combinations(range(len(runs)), 2):
-            sides = [(names[a], generated[a][i]), (names[b], generated[b][i])]
-            candidates.append((label_sets[i], seeds[i], "generated", sides))
-    channels, resolution = get_dataset(dataset).channels, runs[0].cfg.dataset.resolution
-    for j, row in enumerate(real_rows):
-        real = _real_image(row["image"], channels, resolution)
-        sides = [(REAL, real), (names[j % len(runs)], control_images[j])]
-        candidates.append((row["labels"], image_seed(seed, n + j), "control", sides))
     manifest = StudyManifest(
         dataset=dataset,
         data_uri=str(data_uri),
@@ -144,15 +146,50 @@ def create_study(
         n=n,
         seed=seed,
         controls=controls,
-        pairs=len(candidates),
+        pairs=n * len(runs) * (len(runs) - 1) // 2 + controls,
         sources=[_source(name, run) for name, run in zip(names, runs, strict=True)]
         + ([Source(name=REAL, method=REAL)] if controls else []),
         readers=readers,
     )
+    seeds = [image_seed(seed, i) for i in range(n)]
+    return StudyPlan(runs, names, manifest, label_sets, seeds, real_rows, rng)
+
+
+def write_study(plan: StudyPlan, out: str | Path, progress: Progress | None = None) -> StudyManifest:
+    """Generate the images, shuffle pairs and sides, and write the study directory in one rename."""
+    runs, names, n, seed = plan.runs, plan.names, plan.manifest.n, plan.manifest.seed
+    generated, control_images = _generate(runs, plan.label_sets, plan.seeds, plan.real_rows, seed, progress)
+    candidates = []  # (labels, seed, kind, [(source, image), (source, image)])
+    for i in range(n):
+        for a, b in combinations(range(len(runs)), 2):
+            sides = [(names[a], generated[a][i]), (names[b], generated[b][i])]
+            candidates.append((plan.label_sets[i], plan.seeds[i], "generated", sides))
+    channels, resolution = get_dataset(plan.manifest.dataset).channels, runs[0].cfg.dataset.resolution
+    for j, row in enumerate(plan.real_rows):
+        real = _real_image(row["image"], channels, resolution)
+        sides = [(REAL, real), (names[j % len(runs)], control_images[j])]
+        candidates.append((row["labels"], image_seed(seed, n + j), "control", sides))
+    assert len(candidates) == plan.manifest.pairs
     with atomic_dir(out) as tmp:
-        _write_pairs(Path(tmp), candidates, rng)
-        write_manifest(Path(tmp), manifest)
-    return manifest
+        _write_pairs(Path(tmp), candidates, plan.rng)
+        write_manifest(Path(tmp), plan.manifest)
+    return plan.manifest
+
+
+def create_study(
+    run_dirs: list[str],
+    out: str | Path,
+    n: int,
+    seed: int,
+    readers: list[str],
+    controls: int = 0,
+    split: str = "test",
+    data: str | None = None,
+    overwrite: bool = False,
+    progress: Progress | None = None,
+) -> StudyManifest:
+    plan = plan_study(run_dirs, out, n, seed, readers, controls, split, data, overwrite)
+    return write_study(plan, out, progress)
 
 
 def _source(name: str, run: StudyRun) -> Source:

@@ -103,13 +103,11 @@ class StudyDir:
 
     def __init__(self, root: str | Path):
         self.root = Path(root).expanduser().resolve()
-        if not (self.root / MANIFEST).is_file():
+        missing = [name for name in (MANIFEST, PAIRS, IMAGES) if not (self.root / name).exists()]
+        if missing:
             raise StudyError(
-                f"{root}: no {MANIFEST}; not a study directory (make one with `craft study create`)"
+                f"{root}: not a study directory (no {', '.join(missing)}); make one with `craft study create`"
             )
-        for name in (PAIRS, IMAGES):
-            if not (self.root / name).exists():
-                raise StudyError(f"{root}: {name} is missing; the study directory is incomplete")
 
     @property
     def answers_path(self) -> Path:
