@@ -70,6 +70,8 @@ def markdown(analysis: StudyAnalysis) -> str:
             "",
             preference_table(analysis),
             "",
+            f"![Preference with 95% Wilson CIs]({CHART})",
+            "",
             f"**Agreement**: {kappa}.",
             "",
             f"**Time per pair**: median {t['median_s']:.1f} s ({per_reader}).",
