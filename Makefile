@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY      = $(VENV)/bin/python
 DEMO_OUT ?= runs/demo
 
-.PHONY: install demo test lint bench clean
+.PHONY: install browser demo test lint bench clean
 
 # torch first, from the pinned CPU build where the machine has one (pip's find-links); the package
 # pins torch==2.13.0 too, so the second install never swaps it for a CUDA build.
@@ -16,10 +16,21 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
+# The reader-study browser test drives Debian's chromium with chromedriver (selenium). Installed with
+# apt only when missing, so the target costs nothing once they are there; as root, or through sudo.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+browser:
+	@if command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; then :; else \
+	  echo "installing chromium + chromium-driver with apt (browser tests)"; \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver \
+	  || { $(SUDO) apt-get update -qq && \
+	       $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; }; \
+	fi
+
 demo: install
 	$(VENV)/bin/craft demo --out $(DEMO_OUT)
 
-test: install
+test: install browser
 	$(VENV)/bin/ruff check craft_ray tests benchmarks
 	$(PY) -m pytest
 

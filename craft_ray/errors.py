@@ -23,3 +23,8 @@ class ScoringError(CraftError):
 
 class TrainingError(CraftError):
     """Training cannot continue: too many non-finite steps, an unusable checkpoint, a run clash."""
+
+
+class StudyError(CraftError):
+    """A reader study cannot be built, served or analysed: runs of different datasets, a broken study
+    directory, an unknown reader or pair."""

@@ -1,0 +1,1 @@
+"""Ray Serve applications: model engines, the CAS evaluator, the reader-study web app."""
