@@ -17,7 +17,6 @@ import torch
 from PIL import Image
 
 from craft_ray.errors import CraftError, ModelError
-from craft_ray.models.mllm import RemoteMLLMScorer, png_data_url
 
 
 def _error_message(resp: requests.Response) -> str:
@@ -85,6 +84,8 @@ class MLLMClient:
     def user_message(text: str, image: torch.Tensor | None = None) -> list[dict]:
         parts: list[dict] = [{"type": "text", "text": text}]
         if image is not None:
+            from craft_ray.models.mllm import png_data_url
+
             parts.insert(0, {"type": "image_url", "image_url": {"url": png_data_url(image)}})
         return [{"role": "user", "content": parts}]
 
@@ -100,6 +101,8 @@ class MLLMClient:
 
     def yes_probability(self, image: torch.Tensor, question: str) -> float:
         """P(yes) from the first answer token's logprobs, as the CAS evaluation path asks it."""
+        from craft_ray.models.mllm import RemoteMLLMScorer
+
         scorer = RemoteMLLMScorer(self.base_url, self.model, self.api_key, self.http.timeout)
         return float(scorer.p_yes(image[None], [question])[0])
 
@@ -165,6 +168,8 @@ def encode_image(image: ImageInput) -> str:
     elif isinstance(image, bytes):
         data = image
     elif isinstance(image, torch.Tensor):
+        from craft_ray.models.mllm import png_data_url
+
         return png_data_url(image).split(",", 1)[1]
     else:
         buf = io.BytesIO()
