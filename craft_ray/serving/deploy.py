@@ -33,11 +33,22 @@ def validate_serve_config(data: dict[str, Any]):
     return ServeDeploySchema.model_validate(data)
 
 
+def _proxy_up(host: str, port: int) -> bool:
+    import requests
+
+    try:
+        return requests.get(f"http://{host}:{port}/-/healthz", timeout=5).status_code == 200
+    except requests.RequestException:
+        return False
+
+
 def deploy_serve_config(
     data: dict[str, Any], port: int, host: str = "127.0.0.1", timeout_s: float = 600.0
 ) -> str:
     """Start Serve on host:port (in the connected Ray cluster), apply the config, wait until every
-    application runs; returns the base URL. Raises RuntimeError with Serve's message on failure."""
+    application runs and the HTTP proxy answers; returns the base URL. Raises RuntimeError with
+    Serve's message on failure. Serve keeps the port it started with: shut Serve down before
+    deploying on another port."""
     from ray import serve
     from ray.serve._private import api as serve_api  # what `serve run` itself calls
 
@@ -56,7 +67,11 @@ def deploy_serve_config(
         failed = {n: status[n].message for n, s in states.items() if s in ("DEPLOY_FAILED", "UNHEALTHY")}
         if failed:
             raise RuntimeError(f"Serve application(s) failed: {failed}")
-        if len(states) == len(names) and all(s == "RUNNING" for s in states.values()):
+        if (
+            len(states) == len(names)
+            and all(s == "RUNNING" for s in states.values())
+            and _proxy_up(host, port)
+        ):
             return f"http://{host}:{port}"
         time.sleep(0.5)
     raise RuntimeError(f"Serve application(s) {sorted(names)} not running after {timeout_s:.0f} s")
