@@ -158,3 +158,42 @@ def test_gpu_mllm_yaml_builds_its_vllm_app_without_a_gpu(ray_local):
     engine = config.get_engine_config()  # rejects engine_kwargs that vLLM does not know
     assert engine.engine_kwargs["max_model_len"] == 8192 and engine.accelerator_type == "L4"
     assert engine.placement_bundles[0]["GPU"] == 1
+
+
+def test_training_prompts_use_the_enrichment_file(phantom_root, tmp_path):
+    from craft_ray.config import validate_config
+    from craft_ray.models import build_diffusion
+    from craft_ray.train.context import TrainContext
+    from craft_ray.train.session import LocalSession
+
+    path = tmp_path / "e.yaml"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "kind": "craft-prompt-enrichment",
+                "dataset": "chexpert",
+                "label_sets": [
+                    {"labels": ["Cardiomegaly"], "variants": ["a heart filling most of the chest"]}
+                ],
+            }
+        )
+    )
+    cfg = validate_config(
+        {
+            "name": "enrich",
+            "method": "lora_sft",
+            "dataset": {
+                "name": "chexpert",
+                "uri": str(phantom_root / "chest"),
+                "resolution": 32,
+                "labels": ["Cardiomegaly", "Pneumothorax"],
+            },
+            "prompts": {"enrichment": "file", "enrichment_file": str(path)},
+        }
+    )
+    components = build_diffusion("tiny")
+    ctx = TrainContext(cfg, LocalSession(tmp_path / "run"), components, components.unet, [])
+    assert ctx.prompts([["Cardiomegaly"], ["Pneumothorax"]], 0, 0) == [
+        "a frontal chest radiograph showing cardiomegaly, a heart filling most of the chest",
+        "a frontal chest radiograph showing a pneumothorax",
+    ]
