@@ -45,8 +45,9 @@ def images(n: int, size: int) -> list[str]:
     ]
 
 
-def drive(url: str, payloads: list[str], concurrency: int, n: int) -> tuple[float, list[float]]:
-    """n requests from `concurrency` client threads; returns (wall seconds, latencies in s)."""
+def drive(url: str, payloads: list[str] | None, concurrency: int, n: int) -> tuple[float, list[float]]:
+    """n requests from `concurrency` client threads; returns (wall seconds, latencies in s).
+    payloads=None: GET /healthz instead of scoring (what HTTP and Serve alone cost)."""
     import requests
 
     state = local()
@@ -54,12 +55,14 @@ def drive(url: str, payloads: list[str], concurrency: int, n: int) -> tuple[floa
     def one(i: int) -> float:
         if not hasattr(state, "session"):
             state.session = requests.Session()
-        body = {
-            "dataset": "chexpert",
-            "items": [{"image": payloads[i % len(payloads)], "labels": ["Cardiomegaly"]}],
-        }
         start = time.perf_counter()
-        resp = state.session.post(url + "/v1/cas", json=body, timeout=300)
+        if payloads is None:
+            resp = state.session.get(url + "/healthz", timeout=300)
+        else:
+            item = {"image": payloads[i % len(payloads)], "labels": ["Cardiomegaly"]}
+            resp = state.session.post(
+                url + "/v1/cas", json={"dataset": "chexpert", "items": [item]}, timeout=300
+            )
         resp.raise_for_status()
         return time.perf_counter() - start
 
@@ -104,6 +107,10 @@ def main() -> None:
     try:
         for batch in (args.batch, 1):
             url = serve_evaluator(batch, args.vlm, args.mllm, port)
+            if batch == 1:
+                for c in levels:
+                    wall, _ = drive(url, None, c, args.requests)
+                    results[(0, c)] = (args.requests / wall, 0.0, 0.0)
             for c in levels:
                 wall, lat = drive(url, payloads, c, args.requests)
                 results[(batch, c)] = (
@@ -122,7 +129,7 @@ def main() -> None:
     rows = []
     for c in levels:
         on, off = results[(args.batch, c)], results[(1, c)]
-        rows.append([c, on[0], on[1], on[2], off[0], off[1], off[2], on[0] / off[0]])
+        rows.append([c, on[0], on[1], on[2], off[0], off[1], off[2], on[0] / off[0], results[(0, c)][0]])
     report(
         f"CAS evaluator over HTTP: {args.vlm} VLM, MLLM {args.mllm}, {args.size} px, 1 image per request, "
         f"max_batch_size {args.batch} vs 1, {args.requests} requests per row",
