@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 from collections.abc import AsyncGenerator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from typing import Any
 
 from ray.llm._internal.serve.core.configs.openai_api_models import (
@@ -59,7 +61,8 @@ class TransformersEngine(LLMEngine):
         if unsupported:
             logger.warning("TransformersEngine ignores engine_kwargs %s", unsupported)
         self.max_logprobs = int(kwargs.get("max_logprobs", 20))
-        self.seed = kwargs.get("seed")
+        # like vLLM's engine seed: requests without a seed draw theirs from one seeded stream
+        self.rng = random.Random(kwargs.get("seed"))
         self.kwargs = kwargs
         self.source = llm_config.model_loading_config.model_source or llm_config.model_id
         self.generator: MLLMGenerator | None = None
@@ -101,7 +104,7 @@ class TransformersEngine(LLMEngine):
             raise ChatInputError("max_tokens must be at least 1")
         stop = [request.stop] if isinstance(request.stop, str) else list(request.stop or [])
         temperature = 1.0 if request.temperature is None else float(request.temperature)
-        seed = request.seed if request.seed is not None else self.seed
+        seed = request.seed if request.seed is not None else self.rng.randrange(2**31)
         return SamplingSettings(min(wanted, room), temperature, request.top_p, request.top_k, seed, stop)
 
     def _check_logprobs(self, request) -> int | None:
@@ -127,9 +130,8 @@ class TransformersEngine(LLMEngine):
         settings = self._settings(request, int(inputs["input_ids"].shape[1]))
         choices = []
         for index in range(request.n or 1):
-            if settings.seed is not None:
-                settings.seed += index
-            choices.append(self._generate_one(inputs, settings, requirement))
+            seed = None if settings.seed is None else settings.seed + index
+            choices.append(self._generate_one(inputs, replace(settings, seed=seed), requirement))
         return choices, top_k
 
     def _generate_one(
@@ -141,8 +143,8 @@ class TransformersEngine(LLMEngine):
             if problem is None:
                 break
             logger.info("JSON output attempt %d %s; generating again", attempt, problem)
-            retry = SamplingSettings(**{**settings.__dict__, "temperature": max(settings.temperature, 1.0)})
-            retry.seed = None if settings.seed is None else settings.seed + 1000 * attempt
+            seed = None if settings.seed is None else settings.seed + 1000 * attempt
+            retry = replace(settings, temperature=max(settings.temperature, 1.0), seed=seed)
             generation = self.generator.generate(inputs, retry)
         return generation
 
