@@ -197,3 +197,67 @@ def test_training_prompts_use_the_enrichment_file(phantom_root, tmp_path):
         "a frontal chest radiograph showing cardiomegaly, a heart filling most of the chest",
         "a frontal chest radiograph showing a pneumothorax",
     ]
+
+
+class _TopLogprobsEndpoint:
+    """A real HTTP server with the OpenAI chat route that serves at most 20 top logprobs (like vLLM's
+    default) from a fixed next-token distribution, and refuses top_logprobs=-1 with a 400."""
+
+    def __init__(self, top: dict[str, float]):
+        import json
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        asked = self.asked = []
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                asked.append(body["top_logprobs"])
+                if body["top_logprobs"] == -1:
+                    code, payload = 400, {"error": {"message": "top_logprobs -1 exceeds max_logprobs 20"}}
+                else:
+                    entries = [{"token": t, "logprob": v} for t, v in top.items()]
+                    payload = {
+                        "choices": [{"logprobs": {"content": [{"token": "x", "top_logprobs": entries}]}}]
+                    }
+                    code = 200
+                data = json.dumps(payload).encode()
+                self.send_response(code)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
+def test_remote_scorer_keeps_the_top_20_answer_when_the_whole_vocabulary_is_refused():
+    import math
+
+    from craft_ray.errors import ModelError
+    from craft_ray.models.mllm import RemoteMLLMScorer
+
+    only_yes = _TopLogprobsEndpoint({" Yes": math.log(0.6), "maybe": math.log(0.3)})
+    x = torch.rand(1, 1, 8, 8)
+    try:
+        assert float(RemoteMLLMScorer(only_yes.url, model="m").p_yes(x, ["Is it?"])[0]) == 1.0
+        assert only_yes.asked == [20, -1]  # asked for more, was refused, kept the top-20 answer
+    finally:
+        only_yes.server.shutdown()
+    both = _TopLogprobsEndpoint({"yes": math.log(0.6), "No": math.log(0.2)})
+    try:
+        assert float(RemoteMLLMScorer(both.url, model="m").p_yes(x, ["Is it?"])[0]) == pytest.approx(0.75)
+        assert both.asked == [20]  # no second request when both are in the top 20
+    finally:
+        both.server.shutdown()
+    neither = _TopLogprobsEndpoint({"maybe": math.log(0.5)})
+    try:
+        with pytest.raises(ModelError, match="neither 'yes' nor 'no' among the top 20"):
+            RemoteMLLMScorer(neither.url, model="m").p_yes(x, ["Is it?"])
+    finally:
+        neither.server.shutdown()
