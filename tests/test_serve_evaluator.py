@@ -44,6 +44,7 @@ def evaluator_url(ray_local, calibration_file):
     app["args"]["limits"] = {"max_items": 4, "max_image_bytes": 100_000, "max_image_pixels": 128 * 128}
     actor = app["deployments"][0]["ray_actor_options"]
     actor["runtime_env"] = {"env_vars": {"CRAFT_EVALUATOR_API_KEY": KEY}}
+    serve.shutdown()  # a Serve instance left by another module would keep its own port
     url = deploy_serve_config(config, free_port())
     yield url
     serve.shutdown()

@@ -44,6 +44,7 @@ def mllm_url(ray_local):
         "PYTHONPATH": str(TESTS_DIR),
     }
     llm.append(scripted)
+    serve.shutdown()  # a Serve instance left by another module would keep its own port
     url = deploy_serve_config(config, free_port())
     yield url
     serve.shutdown()

@@ -58,6 +58,12 @@ def deploy_serve_config(
     client = serve_api.serve_start(
         http_options=schema.http_options.model_dump(), proxy_location=schema.proxy_location
     )
+    running = client.http_config
+    if (running.host, running.port) != (host, port):
+        raise RuntimeError(
+            f"Serve already runs on {running.host}:{running.port} in this Ray cluster; "
+            f"call serve.shutdown() before deploying on {host}:{port}"
+        )
     client.deploy_apps(schema)
     names = {app.name for app in schema.applications}
     deadline = time.monotonic() + timeout_s
