@@ -120,12 +120,16 @@ class RewardConfig(_Strict):
 
 
 class PromptConfig(_Strict):
-    enrichment: Literal["none", "static", "cache"] = Field(
+    enrichment: Literal["none", "static", "cache", "file"] = Field(
         "static",
-        description="none = template only (ablation); static = knowledge-base phrases; cache = MLLM file",
+        description="none = template only (ablation); static = knowledge-base phrases; "
+        "cache = label -> phrases YAML; file = variants per label set from `craft prompts enrich`",
     )
     enrichment_cache: str | None = Field(
         None, description="YAML of MLLM-written enrichments (enrichment=cache)"
+    )
+    enrichment_file: str | None = Field(
+        None, description="output of `craft prompts enrich` (enrichment=file)"
     )
     phrases_per_label: int = Field(1, ge=0, le=8)
     uncond_prob: float = Field(0.1, ge=0, le=1, description="prompt dropout for denoising losses (CFG)")
@@ -134,6 +138,8 @@ class PromptConfig(_Strict):
     def _check(self) -> PromptConfig:
         if self.enrichment == "cache" and not self.enrichment_cache:
             raise ValueError("enrichment=cache needs enrichment_cache")
+        if self.enrichment == "file" and not self.enrichment_file:
+            raise ValueError("enrichment=file needs enrichment_file")
         return self
 
 
@@ -274,6 +280,7 @@ class ExperimentConfig(_Strict):
             data["model"][key] = local_model(data["model"][key])
         data["dataset"]["uri"] = absolute(self.dataset.uri)
         data["prompts"]["enrichment_cache"] = absolute(self.prompts.enrichment_cache)
+        data["prompts"]["enrichment_file"] = absolute(self.prompts.enrichment_file)
         data["reward"]["calibration"] = absolute(self.reward.calibration)
         data["storage"]["path"] = self.storage_uri()
         return ExperimentConfig.model_validate(data)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import typer
 
-from craft_ray.cli import cas, config, data, demo, study, train
+from craft_ray.cli import cas, checklists, config, data, demo, prompts, query, study, train
 from craft_ray.cli.common import err_console
 from craft_ray.errors import CraftError
 
@@ -23,6 +23,9 @@ app.add_typer(data.app, name="data")
 app.add_typer(config.app, name="config")
 app.add_typer(cas.app, name="cas")
 app.add_typer(study.app, name="study")
+app.add_typer(checklists.app, name="checklists")
+app.add_typer(prompts.app, name="prompts")
+app.add_typer(query.app, name="query")
 app.command("train")(train.train)
 app.command("demo")(demo.demo)
 

@@ -1,8 +1,9 @@
 """Clinical checklists: per-label criteria and per-modality anatomy and realism criteria.
 
 The static base ships as `checklists.yaml` (versioned). MLLM-written checklists use the same
-schema and are layered on top with `load_knowledge(extra=[...])`: an overlay's items for a label
-or modality section replace the base's items for it.
+schema (plus an informative `provenance` mapping) and are layered on top with
+`load_knowledge(extra=[...])`: an overlay's items for a label or modality section replace the
+base's items for it.
 """
 
 from __future__ import annotations
@@ -82,7 +83,8 @@ def _items(raw: Any, prefix: str, source: str) -> list[ChecklistItem]:
 
 
 def _merge(kb: ClinicalKnowledge, data: dict[str, Any], source: str) -> None:
-    unknown = sorted(set(data) - {"version", "name", "modalities", "labels"})
+    # provenance: who wrote an MLLM-made file (model, endpoint, prompt hash, date); informative only
+    unknown = sorted(set(data) - {"version", "name", "provenance", "modalities", "labels"})
     if unknown:
         raise ConfigError(f"{source}: unknown top-level key(s) {unknown}")
     kb.versions.append(f"{data.get('name', Path(source).stem)}@{data.get('version', '?')}")

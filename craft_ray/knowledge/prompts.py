@@ -52,6 +52,50 @@ class NoEnrichment:
         return []
 
 
+ENRICHMENT_KIND = "craft-prompt-enrichment"
+
+
+class VariantEnrichment:
+    """Whole enrichment variants per label set, from `craft prompts enrich` (`from_file`).
+
+    A label set with its own entry gets one of its variants; otherwise each of its labels that has
+    a single-label entry contributes one of those; labels without any entry add nothing.
+    """
+
+    def __init__(self, variants: dict[tuple[str, ...], list[str]], spec: DatasetSpec):
+        self.variants, self.spec = variants, spec
+
+    @classmethod
+    def from_file(cls, spec: DatasetSpec, path: str | Path) -> VariantEnrichment:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"enrichment file not found: {path}")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        if not isinstance(data, dict) or data.get("kind") != ENRICHMENT_KIND:
+            raise ConfigError(f"{path}: not a prompt enrichment file from `craft prompts enrich`")
+        if data.get("dataset") != spec.name:
+            raise ConfigError(f"{path}: enrichments for dataset {data.get('dataset')!r}, not {spec.name!r}")
+        variants = {}
+        for n, entry in enumerate(data.get("label_sets") or []):
+            labels, texts = entry.get("labels"), entry.get("variants")
+            if not isinstance(labels, list) or not isinstance(texts, list) or not texts:
+                raise ConfigError(
+                    f"{path}: label_sets[{n}]: expected labels and a non-empty list of variants"
+                )
+            spec.check_labels(labels, where=f"{path}: label_sets[{n}]")
+            variants[tuple(sorted(labels, key=spec.labels.index))] = [str(t) for t in texts]
+        return cls(variants, spec)
+
+    def phrases(self, labels: list[str], rng: random.Random) -> list[str]:
+        key = tuple(sorted(labels, key=self.spec.labels.index))
+        if key in self.variants:
+            return [rng.choice(self.variants[key])]
+        return [rng.choice(self.variants[(label,)]) for label in key if (label,) in self.variants]
+
+
 class PhraseEnrichment:
     """Adds `per_label` visual-finding phrases per label, drawn from a pool for each label.
 

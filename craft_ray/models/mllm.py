@@ -6,7 +6,9 @@
   only builds the token ids (from a placeholder image of the same size), and the pixel values are
   computed in torch by an adapter that reproduces the model's image processor.
 - `RemoteMLLMScorer`: the same question to an OpenAI-compatible endpoint (vLLM, Ray Serve LLM)
-  with `logprobs`; evaluation only, not differentiable.
+  with `logprobs`; evaluation only, not differentiable. When 'yes' or 'no' is outside the top 20
+  it asks once more for the whole vocabulary (`top_logprobs: -1`), which endpoints configured
+  with `max_logprobs: -1` serve (serve/mllm-cpu.yaml does): then P(yes) is exact.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from craft_ray.models.tokenizer import tiny_chat_tokenizer
 from craft_ray.models.vlm import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, prepare_pixels
 
 ANSWER_SUFFIX = " Answer yes or no."
+WHOLE_VOCABULARY = -1  # top_logprobs=-1: every token (vLLM's convention)
 YES_WORDS, NO_WORDS = ("Yes", "yes", " Yes", " yes"), ("No", "no", " No", " no")
 TINY_CHAT_TEMPLATE = (
     "{% for message in messages %}USER: {% for part in message['content'] %}"
@@ -268,7 +271,8 @@ class RemoteMLLMScorer:
         except (requests.RequestException, ValueError) as exc:
             raise ModelError(f"MLLM endpoint {self.base_url}{route}: {exc}") from None
 
-    def _ask(self, image: torch.Tensor, question: str) -> float:
+    def _top_logprobs(self, image: torch.Tensor, question: str, k: int) -> list[dict] | None:
+        """The first answer token's top-k logprobs; None when the endpoint refuses k (HTTP 400)."""
         body = {
             "model": self._model_name(),
             "messages": [
@@ -283,21 +287,37 @@ class RemoteMLLMScorer:
             "max_tokens": 1,
             "temperature": 0.0,
             "logprobs": True,
-            "top_logprobs": self.top_logprobs,
+            "top_logprobs": k,
         }
         try:
             resp = self.session.post(self.base_url + "/v1/chat/completions", json=body, timeout=self.timeout)
+            if resp.status_code == 400 and k == WHOLE_VOCABULARY:
+                return None
             resp.raise_for_status()
-            top = resp.json()["choices"][0]["logprobs"]["content"][0]["top_logprobs"]
+            return resp.json()["choices"][0]["logprobs"]["content"][0]["top_logprobs"]
         except (requests.RequestException, ValueError, KeyError, IndexError, TypeError) as exc:
             raise ModelError(
                 f"MLLM endpoint {self.base_url}: no usable logprobs in the answer ({exc})"
             ) from None
+
+    @staticmethod
+    def _mass(top: list[dict]) -> dict[str, float]:
         mass = {"yes": 0.0, "no": 0.0}
         for entry in top:
             word = str(entry.get("token", "")).strip().lower()
             if word in mass:
                 mass[word] += math.exp(float(entry["logprob"]))
+        return mass
+
+    def _ask(self, image: torch.Tensor, question: str) -> float:
+        mass = self._mass(self._top_logprobs(image, question, self.top_logprobs))
+        if 0.0 in mass.values() and self.top_logprobs != WHOLE_VOCABULARY:
+            # 'yes' or 'no' is outside the top k: ask for the whole vocabulary (vLLM serves it
+            # with engine_kwargs max_logprobs: -1, as serve/mllm-cpu.yaml does); an endpoint that
+            # refuses keeps the top-k answer
+            wider = self._top_logprobs(image, question, WHOLE_VOCABULARY)
+            if wider is not None:
+                mass = self._mass(wider)
         if mass["yes"] + mass["no"] == 0.0:
             raise ModelError(
                 f"MLLM endpoint {self.base_url}: neither 'yes' nor 'no' among the top {self.top_logprobs} tokens"

@@ -24,7 +24,13 @@ from craft_ray.data.reading import ImageParquetDataset
 from craft_ray.errors import DataError
 from craft_ray.knowledge.checklists import load_knowledge
 from craft_ray.knowledge.labels import DatasetSpec, get_dataset
-from craft_ray.knowledge.prompts import Enricher, NoEnrichment, PhraseEnrichment, build_prompt
+from craft_ray.knowledge.prompts import (
+    Enricher,
+    NoEnrichment,
+    PhraseEnrichment,
+    VariantEnrichment,
+    build_prompt,
+)
 from craft_ray.models.diffusion import DiffusionComponents
 from craft_ray.train.session import TrainSession
 
@@ -98,6 +104,8 @@ class TrainContext:
             self.enricher = PhraseEnrichment.from_file(
                 self.spec, cfg.prompts.enrichment_cache, cfg.prompts.phrases_per_label
             )
+        elif cfg.prompts.enrichment == "file":
+            self.enricher = VariantEnrichment.from_file(self.spec, cfg.prompts.enrichment_file)
         else:
             self.enricher = NoEnrichment()
 

@@ -1,0 +1,120 @@
+"""`POST /v1/cas` bodies: parsed and checked item by item, every problem a 4xx naming it."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from craft_ray.knowledge.labels import DatasetSpec
+from craft_ray.serving.evaluator_config import Limits
+from craft_ray.serving.images import ImageInputError, image_from_base64
+
+
+class RequestError(Exception):
+    """A bad request: answered with `status` and a JSON error naming the problem."""
+
+    def __init__(self, message: str, status: int = 422, field: str | None = None):
+        super().__init__(message)
+        self.message, self.status, self.field = message, status, field
+
+    def payload(self) -> dict[str, Any]:
+        return {
+            "error": {
+                "message": self.message,
+                "type": "invalid_request",
+                "field": self.field,
+                "code": self.status,
+            }
+        }
+
+
+@dataclass
+class CASItem:
+    image: torch.Tensor  # (C, H, W) in [0, 1], C = the dataset's channels
+    labels: list[str]
+
+
+@dataclass
+class CASRequest:
+    dataset: str
+    items: list[CASItem]
+
+
+def parse_json_body(raw: bytes) -> dict[str, Any]:
+    try:
+        body = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise RequestError(f"body is not JSON ({exc})", status=400) from None
+    if not isinstance(body, dict):
+        raise RequestError(f"body must be a JSON object, got {type(body).__name__}", status=400)
+    return body
+
+
+def _labels(raw: Any, spec: DatasetSpec, where: str) -> list[str]:
+    if not isinstance(raw, list):
+        raise RequestError(
+            f"{where}.labels must be a list of label names, got {type(raw).__name__}", field=where
+        )
+    if not raw:
+        raise RequestError(f"{where}.labels is empty; give at least one label", field=where)
+    bad = [x for x in raw if not isinstance(x, str)]
+    if bad:
+        raise RequestError(f"{where}.labels must hold strings, got {bad[:3]}", field=where)
+    unknown = [x for x in raw if x not in spec.labels]
+    if unknown:
+        raise RequestError(
+            f"{where}.labels: unknown label(s) {unknown} for {spec.name} (known: {', '.join(spec.labels)})",
+            field=where,
+        )
+    return list(dict.fromkeys(raw))
+
+
+def _item(raw: Any, spec: DatasetSpec, limits: Limits, where: str) -> CASItem:
+    if not isinstance(raw, dict):
+        raise RequestError(f"{where} must be an object with image and labels", field=where)
+    missing = [k for k in ("image", "labels") if k not in raw]
+    if missing:
+        raise RequestError(f"{where}: missing field(s) {missing}", field=where)
+    labels = _labels(raw["labels"], spec, where)
+    if not isinstance(raw["image"], str):
+        raise RequestError(f"{where}.image must be a base64 string", field=where)
+    try:
+        image = image_from_base64(
+            raw["image"], spec.channels, limits.max_image_bytes, limits.max_image_pixels
+        )
+    except ImageInputError as exc:
+        raise RequestError(f"{where}.image: {exc}", status=exc.status, field=where) from None
+    return CASItem(image, labels)
+
+
+def parse_cas_request(raw: bytes, specs: dict[str, DatasetSpec], limits: Limits) -> CASRequest:
+    body = parse_json_body(raw)
+    unknown = sorted(set(body) - {"dataset", "items"})
+    if unknown:
+        raise RequestError(f"unknown field(s) {unknown} (expected dataset, items)")
+    dataset = body.get("dataset")
+    if not isinstance(dataset, str):
+        raise RequestError(
+            "missing field 'dataset' (a dataset name)" if dataset is None else "dataset must be a string",
+            field="dataset",
+        )
+    if dataset not in specs:
+        raise RequestError(
+            f"dataset '{dataset}' is not served here (served: {', '.join(specs)})", field="dataset"
+        )
+    items = body.get("items")
+    if not isinstance(items, list):
+        raise RequestError(
+            "missing field 'items' (a list)" if items is None else "items must be a list", field="items"
+        )
+    if not items:
+        raise RequestError("items is empty; send at least one image", field="items")
+    if len(items) > limits.max_items:
+        raise RequestError(
+            f"{len(items)} items, over the limit of {limits.max_items} per request", status=413, field="items"
+        )
+    spec = specs[dataset]
+    return CASRequest(dataset, [_item(raw, spec, limits, f"items[{i}]") for i, raw in enumerate(items)])

@@ -1,0 +1,121 @@
+"""Text generation with a transformers image-text-to-text model, the way an OpenAI server needs it:
+chat template, images through the scorer's pixel adapter, sampling settings, raw-logit logprobs.
+
+The pixels take the same path as `MLLMScorer.p_yes` (the processor builds the token ids from
+placeholder images, the adapter computes the pixel values), so the first answer token's
+log-probabilities served over HTTP equal the local scorer's.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from functools import cached_property
+
+import torch
+from PIL import Image
+
+from craft_ray.models.mllm import WHOLE_VOCABULARY, MLLMScorer, build_mllm
+
+
+@dataclass
+class SamplingSettings:
+    max_new_tokens: int
+    temperature: float = 1.0
+    top_p: float | None = None
+    top_k: int | None = None
+    seed: int | None = None
+    stop: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Generation:
+    token_ids: list[int]
+    text: str
+    finish_reason: str  # "stop" (EOS or a stop string) | "length"
+    step_logprobs: list[torch.Tensor]  # per generated token: (vocab,) log-softmax of the raw logits
+    prompt_tokens: int
+
+
+class MLLMGenerator:
+    def __init__(self, scorer: MLLMScorer, max_model_len: int | None = None):
+        self.scorer = scorer
+        self.model, self.processor = scorer.model, scorer.processor
+        self.tokenizer = self.processor.tokenizer
+        limit = getattr(self.model.config.get_text_config(), "max_position_embeddings", None)
+        self.max_model_len = int(max_model_len or limit or 4096)
+
+    @classmethod
+    def load(cls, source: str, max_model_len: int | None = None, dtype: str | None = None) -> MLLMGenerator:
+        scorer = build_mllm(source)
+        if scorer is None or not isinstance(scorer, MLLMScorer):
+            raise ValueError(f"model source {source!r} is not a local model (tiny | path | hub id)")
+        if dtype not in (None, "auto", "float32"):
+            scorer.model.to(getattr(torch, dtype))
+        return cls(scorer, max_model_len)
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.model.get_output_embeddings().weight.shape[0])
+
+    @cached_property
+    def token_texts(self) -> list[str]:
+        """Each token id decoded on its own, as OpenAI logprobs report tokens."""
+        return [self.tokenizer.decode([i]) for i in range(self.vocab_size)]
+
+    def chat_prompt(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
+        return self.processor.apply_chat_template(
+            messages, add_generation_prompt=add_generation_prompt, tokenize=False
+        )
+
+    def inputs(self, prompt: str, images: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+        placeholders = [Image.new("RGB", (int(x.shape[-1]), int(x.shape[-2]))) for x in images]
+        enc = self.processor(text=[prompt], images=placeholders or None, return_tensors="pt")
+        device, dtype = self.scorer.device, next(self.model.parameters()).dtype
+        inputs = {k: v.to(device) for k, v in enc.items() if k not in ("pixel_values", "image_grid_thw")}
+        pixels = [self.scorer.adapter(x[None].to(device, dtype)) for x in images]
+        for key in pixels[0] if pixels else ():
+            inputs[key] = torch.cat([p[key] for p in pixels])
+        return inputs
+
+    def generate(self, inputs: dict[str, torch.Tensor], settings: SamplingSettings) -> Generation:
+        prompt_len = int(inputs["input_ids"].shape[1])
+        kwargs = dict(
+            max_new_tokens=settings.max_new_tokens,
+            output_logits=True,
+            return_dict_in_generate=True,
+            pad_token_id=self.tokenizer.pad_token_id,
+            eos_token_id=self.tokenizer.eos_token_id,
+        )
+        if settings.temperature > 0:
+            kwargs.update(do_sample=True, temperature=settings.temperature, top_p=settings.top_p or 1.0)
+            kwargs["top_k"] = settings.top_k if settings.top_k and settings.top_k > 0 else None
+        else:
+            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        if settings.stop:
+            kwargs.update(stop_strings=settings.stop, tokenizer=self.tokenizer)
+        seed = settings.seed if settings.seed is not None else random.randrange(2**31)
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            out = self.model.generate(**inputs, **kwargs)
+        ids = out.sequences[0, prompt_len:].tolist()
+        step_logprobs = [torch.log_softmax(step[0].float(), dim=-1) for step in out.logits]
+        return self._finish(ids, step_logprobs, prompt_len, settings)
+
+    def _finish(self, ids, step_logprobs, prompt_len, settings) -> Generation:
+        eos = self.tokenizer.eos_token_id
+        finish = "stop" if ids and ids[-1] == eos else "length"
+        text = self.tokenizer.decode(ids, skip_special_tokens=True)
+        for stop in settings.stop:
+            at = text.find(stop)
+            if at >= 0:
+                text, finish = text[:at], "stop"
+        if finish == "length" and len(ids) < settings.max_new_tokens:
+            finish = "stop"  # a stop string ended generation early
+        return Generation(ids, text, finish, step_logprobs, prompt_len)
+
+    def top_logprobs(self, logprobs: torch.Tensor, k: int) -> list[tuple[int, float]]:
+        """The k most likely tokens of one step (k=-1: the whole vocabulary), most likely first."""
+        k = logprobs.shape[0] if k == WHOLE_VOCABULARY else min(k, logprobs.shape[0])
+        top = torch.topk(logprobs, k)
+        return list(zip(top.indices.tolist(), top.values.tolist(), strict=True))
