@@ -23,3 +23,7 @@ class ScoringError(CraftError):
 
 class TrainingError(CraftError):
     """Training cannot continue: too many non-finite steps, an unusable checkpoint, a run clash."""
+
+
+class EvaluationError(CraftError):
+    """An evaluation cannot run as asked: no finished checkpoint, mismatched runs, clashing results."""

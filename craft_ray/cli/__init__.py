@@ -12,7 +12,7 @@ from pathlib import Path
 
 import typer
 
-from craft_ray.cli import cas, config, data, demo, train
+from craft_ray.cli import cas, config, data, demo, evaluate, generate, train
 from craft_ray.cli.common import err_console
 from craft_ray.errors import CraftError
 
@@ -24,6 +24,8 @@ app.add_typer(config.app, name="config")
 app.add_typer(cas.app, name="cas")
 app.command("train")(train.train)
 app.command("demo")(demo.demo)
+app.command("generate")(generate.generate)
+app.command("evaluate")(evaluate.evaluate)
 
 
 def main() -> None:
