@@ -12,7 +12,7 @@ from pathlib import Path
 
 import typer
 
-from craft_ray.cli import cas, config, data, demo, evaluate, generate, train
+from craft_ray.cli import cas, config, data, demo, evaluate, generate, report, train
 from craft_ray.cli.common import err_console
 from craft_ray.errors import CraftError
 
@@ -26,6 +26,7 @@ app.command("train")(train.train)
 app.command("demo")(demo.demo)
 app.command("generate")(generate.generate)
 app.command("evaluate")(evaluate.evaluate)
+app.command("report")(report.report)
 
 
 def main() -> None:

@@ -31,9 +31,10 @@ def image_grid(
     tile: float = 1.7,
     wrap: int = 24,
     row_labels: Sequence[str] | None = None,
+    col_labels: Sequence[str] | None = None,
 ) -> Path:
     """uint8 images (H, W) or (H, W, 3), a caption under each, `cols` per row; written atomically.
-    With `row_labels`, images fill the grid row by row and each row gets a label on its left."""
+    With `row_labels` / `col_labels`, each row gets a label on its left / each column a header."""
     if not images:
         raise ValueError("no images for the grid")
     cols = max(1, min(cols, len(images)))
@@ -53,7 +54,15 @@ def image_grid(
         ax.set_xlabel(wrapped[k], fontsize=7, linespacing=1.1)
     if row_labels:
         for r, label in enumerate(row_labels[:rows]):
-            axes[r, 0].set_ylabel(textwrap.fill(label, 14), fontsize=8, rotation=0, ha="right", va="center")
+            axes[r, 0].set_ylabel(
+                textwrap.fill(label, 18, break_on_hyphens=False),
+                fontsize=8,
+                rotation=0,
+                ha="right",
+                va="center",
+            )
+    for c, label in enumerate((col_labels or [])[:cols]):
+        axes[0, c].set_title(textwrap.fill(label, wrap), fontsize=9, fontweight="bold")
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()

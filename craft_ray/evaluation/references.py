@@ -85,7 +85,7 @@ def resolve_calibration(
     if cached is not None:
         cal = Calibration.load(cached)
         if cal.evaluator == spec and cal.data == cfg.dataset.uri and cal.split == cfg.dataset.val_split:
-            return cal, f"made by craft evaluate on {cal.data} [{cal.split}], q={cal.q} (cached)"
+            return cal, f"made by craft evaluate on {cal.data} [{cal.split}], q={cal.q}"
     with progress(f"calibrating CAS on {cfg.dataset.val_split}") as update:
         cal = calibrate(spec, cfg.dataset.uri, cfg.dataset.val_split, progress=update)
     return cal, f"made by craft evaluate on {cal.data} [{cal.split}], q={cal.q}"
