@@ -215,3 +215,19 @@ def test_evaluation_config_is_validated():
         validate_config({**base, "evaluation": {"copy_threshold": 1.5}})
     with pytest.raises(ConfigError, match="evaluation.n_per_label"):
         validate_config({**base, "evaluation": {"n_per_label": 0}})
+
+
+def test_actor_pools_fit_the_cluster_and_share_gpus():
+    from craft_ray.config import EvaluationConfig
+    from craft_ray.evaluation.pipeline import plan_resources
+
+    laptop = plan_resources(EvaluationConfig(generate={"num_cpus": 2}), {"CPU": 2.0})
+    assert sum(p.actors * p.num_cpus for p in laptop.values()) <= 2.0  # every pool can start
+    assert laptop["generate"].threads == 2 and laptop["score"].threads == 1
+    assert all(p.num_gpus == 0 for p in laptop.values())
+    gpus = plan_resources(EvaluationConfig(), {"CPU": 32.0, "GPU": 4.0})
+    assert [gpus[s].actors for s in ("generate", "score", "classify")] == [4, 4, 4]
+    assert sum(gpus[s].num_gpus * gpus[s].actors for s in gpus) == 4.0  # 0.5 + 0.25 + 0.25 per GPU
+    assert gpus["generate"].num_cpus == 1.0  # nothing scaled when it fits
+    fixed = plan_resources(EvaluationConfig(score={"actors": 2, "num_gpus": 0}), {"CPU": 32.0, "GPU": 1.0})
+    assert fixed["score"].actors == 2 and fixed["score"].num_gpus == 0

@@ -83,17 +83,9 @@ def build_dataset(
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False  # the caller draws one bar for the whole pipeline
     context.print_on_execution_start = False
-    groups = plan.groups(shards)
-    items = [{"group": i, "rows": json.dumps([r.as_dict() for r in g])} for i, g in enumerate(groups)]
+    items = group_items(plan, shards)
     ds = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
-    card, weights = classifier.to_bytes()
-    # Large constructor arguments go to the object store once, by reference (the actors fetch them;
-    # the driver holds the references while the dataset runs).
-    payloads = {
-        "generate": {"source": source.to_dict(), "sampler": sampler.__dict__},
-        "score": {"calibration": _as_dict(calibration), "embedding": embedding},
-        "classify": {"card": card, "weights": weights},
-    }
+    payloads = stage_payloads(source, sampler, calibration, classifier, embedding)
     stages = [
         ("generate", GenerateStage, 1),
         ("score", ScoreStage, plan.batch_size),
@@ -113,10 +105,30 @@ def build_dataset(
     return ds
 
 
-def _as_dict(calibration: Calibration) -> dict[str, Any]:
+def stage_payloads(
+    source: ModelSource,
+    sampler: SamplerSettings,
+    calibration: Calibration,
+    classifier: Classifier,
+    embedding: str,
+) -> dict[str, dict[str, Any]]:
+    """Constructor arguments of the three stages. In the pipeline they go to the object store once
+    and travel by reference (the actors fetch them; the driver holds the references meanwhile)."""
     from dataclasses import asdict
 
-    return asdict(calibration)
+    card, weights = classifier.to_bytes()
+    return {
+        "generate": {"source": source.to_dict(), "sampler": sampler.__dict__},
+        "score": {"calibration": asdict(calibration), "embedding": embedding},
+        "classify": {"card": card, "weights": weights},
+    }
+
+
+def group_items(plan: Plan, shards: list[int]) -> list[dict[str, Any]]:
+    """One item per generation group (its rows as JSON)."""
+    return [
+        {"group": i, "rows": json.dumps([r.as_dict() for r in g])} for i, g in enumerate(plan.groups(shards))
+    ]
 
 
 def run_shards(

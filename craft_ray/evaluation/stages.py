@@ -62,8 +62,11 @@ def _threads(num_threads: int) -> None:
     torch.set_num_threads(max(1, int(num_threads)))
 
 
-def _fetch(payload: list) -> dict[str, Any]:
-    """Constructor arguments arrive as [ObjectRef] (a list, so Ray does not resolve it eagerly)."""
+def _fetch(payload: list | dict[str, Any]) -> dict[str, Any]:
+    """Constructor arguments arrive as [ObjectRef] (a list, so Ray does not resolve it eagerly), or
+    as the dict itself when a stage runs outside Ray (benchmarks, debugging)."""
+    if isinstance(payload, dict):
+        return payload
     import ray
 
     return ray.get(payload[0])
@@ -82,7 +85,7 @@ def _with_columns(
 
 
 class GenerateStage:
-    def __init__(self, payload: list, num_threads: int = 1):
+    def __init__(self, payload: list | dict[str, Any], num_threads: int = 1):
         _threads(num_threads)
         args = _fetch(payload)
         source, sampler = ModelSource.from_dict(args["source"]), SamplerSettings(**args["sampler"])
@@ -110,7 +113,7 @@ class GenerateStage:
 
 
 class ScoreStage:
-    def __init__(self, payload: list, num_threads: int = 1):
+    def __init__(self, payload: list | dict[str, Any], num_threads: int = 1):
         _threads(num_threads)
         args = _fetch(payload)
         cal, embedding = Calibration.from_dict(args["calibration"]), args["embedding"]
@@ -155,7 +158,7 @@ def agreement(
 
 
 class ClassifyStage:
-    def __init__(self, payload: list, num_threads: int = 1):
+    def __init__(self, payload: list | dict[str, Any], num_threads: int = 1):
         _threads(num_threads)
         args = _fetch(payload)
         self.classifier = Classifier.from_bytes(args["card"], args["weights"], _device())
