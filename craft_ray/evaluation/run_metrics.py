@@ -67,6 +67,7 @@ def run_metrics(
         "seed": ev.seed,
         "ci_level": ev.ci_level,
         "calibration": refs.calibration_note,
+        "evaluator": refs.calibration.evaluator.to_dict(),  # the CAS actually used (the calibration's)
         "thresholds": {k: v for k, v in refs.calibration.thresholds.items() if k in labels},
         "threshold_q": refs.calibration.q,
         "cas": cas_tables(columns, label_sets, labels, **boot),
