@@ -220,6 +220,74 @@ class DebugConfig(_Strict):
     )
 
 
+class StageResources(_Strict):
+    """One actor pool of the evaluation pipeline (Ray Data `map_batches` with a callable class)."""
+
+    actors: int | None = Field(
+        None, ge=1, description="pool size; default: one per GPU when the cluster has GPUs, else 1"
+    )
+    num_cpus: float = Field(1.0, gt=0, description="CPUs per actor (also its torch threads)")
+    num_gpus: float | None = Field(
+        None,
+        ge=0,
+        description="GPUs per actor; default: the stage's share of a GPU when the cluster has GPUs, else 0",
+    )
+
+
+class EvaluationConfig(_Strict):
+    """`craft evaluate`: how generated images are drawn, scored and compared with real ones."""
+
+    n_per_label: int = Field(32, ge=1, description="generated images per label")
+    split: str = Field(
+        "test", min_length=1, description="real split: label distribution and downstream test set"
+    )
+    seed: int = Field(0, description="label-set draws and per-image seeds (same for every run compared)")
+    batch_size: int = Field(8, ge=1, description="images per generation / scoring call")
+    shard_size: int = Field(64, ge=1, description="images per result shard (the unit of resuming)")
+    weights: CASWeights = Field(
+        default_factory=CASWeights,
+        description="CAS weights of the evaluation (fixed across methods, unlike reward.weights)",
+    )
+    calibration: str | None = Field(
+        None,
+        description="calibration JSON for thresholds and realism reference; default: reward.calibration when "
+        "it was made with the evaluation's evaluator, else one is made on dataset.val_split and cached",
+    )
+    classifier: str | None = Field(
+        None,
+        description="out-of-family classifier: a directory saved by craft_ray.models.classifier | 'phantom'; "
+        "default: one trained on the real train split, cached under the eval directory",
+    )
+    classifier_epochs: int = Field(
+        20, ge=1, description="epochs of the out-of-family and downstream classifiers"
+    )
+    sampler_steps: int | None = Field(None, ge=1, description="default: training.sampler_steps")
+    guidance_scale: float | None = Field(None, ge=1.0, description="default: training.guidance_scale")
+    eta: float | None = Field(None, ge=0, le=1, description="DDIM eta; default: training.eta")
+    copy_threshold: float = Field(
+        0.95, gt=0, le=1, description="memorisation: cosine similarity to the nearest real image"
+    )
+    memorisation_embedding: Literal["vlm", "pixels"] = Field(
+        "pixels",
+        description="pixels = centred 16x16 thumbnails (model-free: near-pixel copies); vlm = the evaluator's "
+        "image embedding (use with a real VLM; the random tiny preset's embedding means nothing)",
+    )
+    top_pairs: int = Field(8, ge=1, le=64, description="memorisation pairs shown in the grid")
+    n_boot: int = Field(1000, ge=100, description="bootstrap resamples for confidence intervals")
+    ci_level: float = Field(0.95, gt=0, lt=1)
+    generate: StageResources = Field(default_factory=StageResources)
+    score: StageResources = Field(default_factory=StageResources)
+    classify: StageResources = Field(default_factory=StageResources)
+
+    @model_validator(mode="after")
+    def _check(self) -> EvaluationConfig:
+        if self.shard_size % self.batch_size:
+            raise ValueError(
+                f"shard_size ({self.shard_size}) must be a multiple of batch_size ({self.batch_size})"
+            )
+        return self
+
+
 class ExperimentConfig(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     seed: int = 0
@@ -233,6 +301,7 @@ class ExperimentConfig(_Strict):
     scaling: ScalingConfig = Field(default_factory=ScalingConfig)
     storage: StorageConfig = Field(default_factory=StorageConfig)
     debug: DebugConfig = Field(default_factory=DebugConfig)
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
 
     @model_validator(mode="after")
     def _check(self) -> ExperimentConfig:
@@ -282,6 +351,8 @@ class ExperimentConfig(_Strict):
         data["prompts"]["enrichment_cache"] = absolute(self.prompts.enrichment_cache)
         data["prompts"]["enrichment_file"] = absolute(self.prompts.enrichment_file)
         data["reward"]["calibration"] = absolute(self.reward.calibration)
+        data["evaluation"]["calibration"] = absolute(self.evaluation.calibration)
+        data["evaluation"]["classifier"] = local_model(self.evaluation.classifier)
         data["storage"]["path"] = self.storage_uri()
         return ExperimentConfig.model_validate(data)
 

@@ -28,3 +28,7 @@ class TrainingError(CraftError):
 class StudyError(CraftError):
     """A reader study cannot be built, served or analysed: runs of different datasets, a broken study
     directory, an unknown reader or pair."""
+
+
+class EvaluationError(CraftError):
+    """An evaluation cannot run as asked: no finished checkpoint, mismatched runs, clashing results."""

@@ -55,11 +55,20 @@ class Calibration:
                 raise ConfigError(
                     f"{path}: calibration version {data.get('version')}, expected {CALIBRATION_VERSION}"
                 )
-            data["evaluator"] = EvaluatorSpec(**data["evaluator"])
-            data["reference"] = RealismReference(**data["reference"])
-            return cls(**data)
+            return cls.from_dict(data)
         except (json.JSONDecodeError, TypeError, KeyError) as exc:
             raise ConfigError(f"{path}: not a craft-ray calibration file ({exc})") from None
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Calibration:
+        """From `dataclasses.asdict(calibration)` (what `save` writes)."""
+        return cls(
+            **{
+                **data,
+                "evaluator": EvaluatorSpec(**data["evaluator"]),
+                "reference": RealismReference(**data["reference"]),
+            }
+        )
 
     def evaluator_from_spec(self) -> CASEvaluator:
         return build_evaluator(self.evaluator, self.reference)

@@ -12,7 +12,20 @@ from pathlib import Path
 
 import typer
 
-from craft_ray.cli import cas, checklists, config, data, demo, prompts, query, study, train
+from craft_ray.cli import (
+    cas,
+    checklists,
+    config,
+    data,
+    demo,
+    evaluate,
+    generate,
+    prompts,
+    query,
+    report,
+    study,
+    train,
+)
 from craft_ray.cli.common import err_console
 from craft_ray.errors import CraftError
 
@@ -28,6 +41,9 @@ app.add_typer(prompts.app, name="prompts")
 app.add_typer(query.app, name="query")
 app.command("train")(train.train)
 app.command("demo")(demo.demo)
+app.command("generate")(generate.generate)
+app.command("evaluate")(evaluate.evaluate)
+app.command("report")(report.report)
 
 
 def main() -> None:

@@ -119,7 +119,12 @@ def cas_calibrate(
 
 @app.command("score")
 def cas_score(
-    images: Annotated[str, typer.Option(help="dataset directory or URI of images to score")],
+    images: Annotated[
+        str,
+        typer.Option(
+            help="dataset directory or URI, or a folder of PNG/JPEG files with labels.csv (file, labels)"
+        ),
+    ],
     thresholds: Annotated[Path, typer.Option(help="calibration JSON from `craft cas calibrate`")],
     out: Annotated[Path, typer.Option(help="per-image scores parquet to write")],
     split: Annotated[list[str] | None, typer.Option(help="split(s) to score (default: all)")] = None,
@@ -137,8 +142,10 @@ def cas_score(
     from craft_ray.cas import Calibration, score_images, tail_report
     from craft_ray.cas.tail import image_threshold
     from craft_ray.data import read_manifest
+    from craft_ray.data.folder import resolve_images
 
     calibration = Calibration.load(thresholds)
+    images = resolve_images(images, calibration.evaluator.dataset)
     manifest = read_manifest(images)
     if manifest.dataset != calibration.evaluator.dataset:
         raise CraftError(

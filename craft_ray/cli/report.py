@@ -1,0 +1,23 @@
+"""`craft report`: markdown tables and PNG figures from evaluated runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from craft_ray.cli.common import console
+
+
+def report(
+    runs: Annotated[list[Path], typer.Option(help="run directories (or evaluation directories); repeatable")],
+    out: Annotated[Path, typer.Option(help="report directory to write (report.md, figures/)")],
+    overwrite: Annotated[bool, typer.Option(help="replace a non-empty --out")] = False,
+) -> None:
+    """Write the paper's tables (CAS with CIs, tail and its reduction vs the strongest baseline,
+    downstream AUROC, memorisation, checklist audit) and figures for runs evaluated by `craft evaluate`."""
+    from craft_ray.report.build import build_report
+
+    path = build_report(runs, out, overwrite)
+    console.print(f"wrote {path} and {Path(out) / 'figures'}/")

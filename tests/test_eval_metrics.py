@@ -1,0 +1,233 @@
+"""Evaluation metrics and the CNN classifier on constructed inputs with known answers (no Ray)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from craft_ray.errors import ConfigError, ModelError
+from craft_ray.evaluation.memorisation import pixel_embedding
+from craft_ray.evaluation.metrics import memorisation_table, tail_reduction, tail_table
+from craft_ray.evaluation.plan import make_plan
+from craft_ray.evaluation.stats import auroc, bootstrap_difference, bootstrap_summary, share_interval
+from craft_ray.models.classifier import Classifier, ClassifierCard, fit_classifier, targets_for
+
+Z95 = 1.959963984540054
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Tiny models: one thread is faster, and far faster when other jobs load the machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def wilson(k: int, n: int, z: float = Z95) -> tuple[float, float]:
+    """The Wilson score interval, written out from its formula."""
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return centre - half, centre + half
+
+
+@pytest.mark.parametrize(("k", "n"), [(0, 10), (3, 10), (10, 10), (37, 250)])
+def test_share_interval_is_the_wilson_score_interval(k, n):
+    assert share_interval(k, n) == pytest.approx(wilson(k, n), abs=1e-9)
+    assert all(math.isnan(x) for x in share_interval(0, 0))
+
+
+def test_bootstrap_mean_interval_covers_the_true_mean_about_95_percent_of_the_time():
+    rng = np.random.default_rng(0)
+    covered = 0
+    trials = 200
+    for t in range(trials):
+        sample = rng.normal(0.3, 1.0, size=60)
+        lo, hi = bootstrap_summary(sample, n_boot=400, seed=t)["mean_ci"]
+        covered += lo <= 0.3 <= hi
+    assert 0.88 <= covered / trials <= 0.99, covered
+
+
+def test_bootstrap_summary_reports_known_quantiles():
+    values = np.arange(101, dtype=float)  # quantile q is exactly 100 q
+    summary = bootstrap_summary(values, n_boot=200)
+    assert summary["mean"] == 50.0 and summary["n"] == 101
+    assert summary["quantiles"]["0.05"]["value"] == pytest.approx(5.0)
+    assert summary["quantiles"]["0.5"]["value"] == pytest.approx(50.0)
+    lo, hi = summary["mean_ci"]
+    assert lo < 50.0 < hi
+
+
+def test_tail_share_per_label_and_overall():
+    thresholds = {"A": 0.5, "B": 0.3}
+    cas = [0.4, 0.6, 0.2, 0.45]
+    sets = [["A"], ["A"], ["B"], ["A", "B"]]
+    table = tail_table(cas, sets, thresholds, ["A", "B"], 0.95)
+    # A: 0.4 and 0.45 are below 0.5, 0.6 is not -> 2 of 3
+    assert (table["A"]["below"], table["A"]["n"]) == (2, 3)
+    assert table["A"]["ci"] == pytest.approx(list(wilson(2, 3)))
+    # B: 0.2 and 0.45 against 0.3 -> 1 of 2
+    assert (table["B"]["below"], table["B"]["n"]) == (1, 2)
+    # overall: an [A, B] image is in the tail only below the lowest threshold (0.3): 0.45 is not
+    assert (table["overall"]["below"], table["overall"]["n"]) == (2, 4)
+
+
+def test_tail_reduction_points_and_relative_percent():
+    thresholds = {"A": 0.5}
+    sets = [["A"]] * 8
+    baseline = [0.1, 0.2, 0.3, 0.4, 0.1, 0.2, 0.9, 0.9]  # 6 of 8 below
+    run = [0.9, 0.2, 0.9, 0.4, 0.9, 0.9, 0.9, 0.9]  # 2 of 8 below
+    out = tail_reduction((run, sets), (baseline, sets), thresholds, ["A"], True, 500, 0.95, 0)
+    row = out["A"]
+    assert row["baseline_share"] == 0.75 and row["run_share"] == 0.25
+    assert row["points"] == pytest.approx(50.0)
+    assert row["relative_pct"] == pytest.approx(100 * 0.5 / 0.75)
+    lo, hi = row["points_ci"]
+    assert 0 < lo <= 50.0 <= hi <= 100  # paired: every resample keeps run <= baseline here
+    worse = tail_reduction((baseline, sets), (run, sets), thresholds, ["A"], True, 500, 0.95, 0)["A"]
+    assert worse["points"] == pytest.approx(-50.0) and worse["relative_pct"] == pytest.approx(-200.0)
+
+
+def test_paired_bootstrap_is_tighter_than_unpaired_for_correlated_runs():
+    rng = np.random.default_rng(1)
+    base = rng.normal(0, 1, 200)
+    run = base + 0.1 + rng.normal(0, 0.05, 200)  # the same images, shifted a little
+    paired = bootstrap_difference(base, run, True, 500, 0.95, 0)  # points = mean(run) - mean(base)
+    unpaired = bootstrap_difference(base, run, False, 500, 0.95, 0)
+    assert paired["points"] == pytest.approx(unpaired["points"]) == pytest.approx(run.mean() - base.mean())
+    width = lambda d: d["points_ci"][1] - d["points_ci"][0]  # noqa: E731
+    assert paired["points_ci"][0] > 0 and width(paired) < width(unpaired) / 5
+
+
+def test_auroc_known_values():
+    assert auroc([0, 0, 1, 1], [0.1, 0.4, 0.35, 0.8]) == pytest.approx(0.75)
+    assert auroc([0, 1, 0, 1], [0.5, 0.5, 0.5, 0.5]) == pytest.approx(0.5)  # ties count one half
+    assert auroc([1, 1, 0], [0.9, 0.8, 0.1]) == 1.0 and auroc([1, 1, 0], [0.1, 0.2, 0.9]) == 0.0
+    assert math.isnan(auroc([1, 1], [0.2, 0.3]))
+
+
+def _smooth_images(n: int, seed: int) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    coarse = torch.rand(n, 1, 8, 8, generator=gen)
+    return torch.nn.functional.interpolate(coarse, size=(32, 32), mode="bilinear", align_corners=False)
+
+
+def test_memorisation_finds_a_planted_copy_and_not_a_near_miss():
+    real = _smooth_images(20, 0)
+    near_miss = (0.55 * real[7] + 0.45 * _smooth_images(1, 9)[0]).clamp(0, 1)
+    fresh = _smooth_images(1, 99)[0]
+    generated = torch.stack([fresh, real[7].clone(), near_miss])
+    real_emb, gen_emb = pixel_embedding(real).numpy(), pixel_embedding(generated).numpy()
+    ids = [f"real-{i}" for i in range(20)]
+    out = memorisation_table(gen_emb, real_emb, ["fresh", "copy", "near"], ids, 0.95, 3, 0.95, heldout=None)
+    assert out["copies"] == 1 and out["n"] == 3
+    top = out["top_pairs"][0]
+    assert top == {"generated": "copy", "real": "real-7", "similarity": pytest.approx(1.0, abs=1e-5)}
+    near = next(p for p in out["top_pairs"] if p["generated"] == "near")
+    assert (
+        near["real"] == "real-7" and 0.5 < near["similarity"] < 0.95
+    )  # closest to the original, yet no copy
+    # a held-out reference: real images outside the training set are never copies
+    held = pixel_embedding(_smooth_images(10, 5)).numpy()
+    with_ref = memorisation_table(
+        gen_emb, real_emb, ["fresh", "copy", "near"], ids, 0.95, 3, 0.95, heldout=held
+    )
+    assert with_ref["heldout"]["above"] >= 1 and with_ref["heldout"]["similarity"] < 1.0
+
+
+def _two_class_images(n: int, seed: int) -> tuple[torch.Tensor, list[list[str]]]:
+    """Class L: bright left half; class R: bright right half; plus noise."""
+    gen = torch.Generator().manual_seed(seed)
+    images = 0.3 + 0.1 * torch.rand(n, 1, 16, 16, generator=gen)
+    sets = []
+    for i in range(n):
+        side = i % 2
+        images[i, 0, :, side * 8 : side * 8 + 8] += 0.5
+        sets.append(["L"] if side == 0 else ["R"])
+    return images.clamp(0, 1), sets
+
+
+@pytest.mark.parametrize("multilabel", [False, True])
+def test_classifier_separates_separable_data_and_is_at_chance_on_shuffled_labels(multilabel, tmp_path):
+    labels = ["L", "R"]
+    train, train_sets = _two_class_images(64, 0)
+    test, test_sets = _two_class_images(200, 1)
+
+    def fit(sets):
+        card = ClassifierCard("isic", labels, multilabel, 1, 16, 8)
+        return fit_classifier(train, targets_for(sets, labels), card, epochs=8, batch_size=16, seed=0)
+
+    clf = fit(train_sets)
+    probs = clf.predict_proba(test)
+    truth = np.array([s == ["L"] for s in test_sets])
+    assert auroc(truth, probs[:, 0]) > 0.97
+    # shuffled labels: independent of the images in training and in testing -> chance
+    rng = np.random.default_rng(3)
+    noise_clf = fit([[labels[k]] for k in rng.permutation([0, 1] * 32)])
+    random_truth = rng.permutation([True, False] * 100)
+    assert abs(auroc(random_truth, noise_clf.predict_proba(test)[:, 0]) - 0.5) < 0.12
+    clf.save(tmp_path / "clf")
+    again = Classifier.load(tmp_path / "clf")
+    np.testing.assert_allclose(again.predict_proba(test), probs, atol=1e-6)
+    assert again.card.multilabel == multilabel and again.labels == labels
+
+
+def test_classifier_load_errors(tmp_path):
+    with pytest.raises(ModelError, match="not a saved classifier"):
+        Classifier.load(tmp_path)
+    card = ClassifierCard("isic", ["L", "R"], False, 1, 16, 8)
+    with pytest.raises(ModelError, match="exactly one label"):
+        fit_classifier(torch.rand(4, 1, 16, 16), torch.ones(4, 2), card, epochs=1)
+
+
+def test_plan_draws_label_sets_from_the_real_distribution():
+    real = [["A", "B"]] * 30 + [["A"]] * 10 + [["C"]] * 5
+    plan = make_plan(real, ["A", "B", "C", "D"], 40, 0, 16, 8)
+    by_target: dict[str, list[list[str]]] = {}
+    for row in plan.rows:
+        by_target.setdefault(row.target_label, []).append(row.labels)
+    assert {k: len(v) for k, v in by_target.items()} == {"A": 40, "B": 40, "C": 40, "D": 40}
+    assert all("A" in s for s in by_target["A"]) and all(s == ["A", "B"] for s in by_target["B"])
+    share_ab = sum(s == ["A", "B"] for s in by_target["A"]) / 40  # 30 of the 40 real A images have B
+    assert 0.55 < share_ab < 0.95
+    assert by_target["D"] == [["D"]] * 40 and any("'D'" in note for note in plan.notes)
+    again = make_plan(real, ["A", "B", "C", "D"], 40, 0, 16, 8)
+    assert [r.seed for r in again.rows] == [r.seed for r in plan.rows]
+    other = make_plan(real, ["A", "B", "C", "D"], 40, 1, 16, 8)
+    assert [r.seed for r in other.rows] != [r.seed for r in plan.rows]
+    assert len({r.seed for r in plan.rows}) == len(plan.rows)
+    assert plan.n_shards == 10 and [len(g) for g in plan.groups([0, 9])] == [8, 8, 8, 8]
+
+
+def test_evaluation_config_is_validated():
+    from craft_ray.config import validate_config
+
+    base = {"name": "x", "method": "craft", "dataset": {"name": "chexpert", "uri": "d"}}
+    cfg = validate_config({**base, "evaluation": {"n_per_label": 4, "batch_size": 2, "shard_size": 8}})
+    assert cfg.evaluation.n_per_label == 4 and cfg.evaluation.weights.as_dict()["realism"] == 1.0
+    with pytest.raises(ConfigError, match="evaluation: shard_size .* multiple of batch_size"):
+        validate_config({**base, "evaluation": {"batch_size": 3, "shard_size": 8}})
+    with pytest.raises(ConfigError, match="evaluation.copy_threshold"):
+        validate_config({**base, "evaluation": {"copy_threshold": 1.5}})
+    with pytest.raises(ConfigError, match="evaluation.n_per_label"):
+        validate_config({**base, "evaluation": {"n_per_label": 0}})
+
+
+def test_actor_pools_fit_the_cluster_and_share_gpus():
+    from craft_ray.config import EvaluationConfig
+    from craft_ray.evaluation.pipeline import plan_resources
+
+    laptop = plan_resources(EvaluationConfig(generate={"num_cpus": 2}), {"CPU": 2.0})
+    assert sum(p.actors * p.num_cpus for p in laptop.values()) <= 2.0  # every pool can start
+    assert laptop["generate"].threads == 2 and laptop["score"].threads == 1
+    assert all(p.num_gpus == 0 for p in laptop.values())
+    gpus = plan_resources(EvaluationConfig(), {"CPU": 32.0, "GPU": 4.0})
+    assert [gpus[s].actors for s in ("generate", "score", "classify")] == [4, 4, 4]
+    assert sum(gpus[s].num_gpus * gpus[s].actors for s in gpus) == 4.0  # 0.5 + 0.25 + 0.25 per GPU
+    assert gpus["generate"].num_cpus == 1.0  # nothing scaled when it fits
+    fixed = plan_resources(EvaluationConfig(score={"actors": 2, "num_gpus": 0}), {"CPU": 32.0, "GPU": 1.0})
+    assert fixed["score"].actors == 2 and fixed["score"].num_gpus == 0
