@@ -12,7 +12,7 @@ from pathlib import Path
 
 import typer
 
-from craft_ray.cli import cas, config, data, demo, train
+from craft_ray.cli import cas, config, data, demo, pretrain, train
 from craft_ray.cli.common import err_console
 from craft_ray.errors import CraftError
 
@@ -22,6 +22,7 @@ app = typer.Typer(
 app.add_typer(data.app, name="data")
 app.add_typer(config.app, name="config")
 app.add_typer(cas.app, name="cas")
+app.add_typer(pretrain.app, name="pretrain")
 app.command("train")(train.train)
 app.command("demo")(demo.demo)
 
