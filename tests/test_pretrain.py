@@ -147,3 +147,35 @@ def test_pretrain_vlm_cli_writes_a_loadable_model_and_card(tmp_path):
     assert scorer.embed_images(torch.rand(2, 3, 64, 64)).shape[0] == 2
     again = CliRunner().invoke(app, args)  # never overwrites without --overwrite
     assert again.exit_code != 0 and "overwrite" in str(again.exception or again.output)
+
+
+def test_phantom_base_and_vlm_train_unchanged_in_the_loop(phantom_root, tmp_path):
+    """LoRA via peft on the shipped base, DDIM with a gradient through the last step, VAE decode,
+    the phantom VLM's CAS as the reward; the LoRA checkpoint then loads into the diffusers pipeline."""
+    from craft_ray.models import load_lora_into
+    from craft_ray.train.loop import train_loop
+    from craft_ray.train.session import LocalSession
+
+    cfg = validate_config(
+        {
+            "name": "phantom-unit",
+            "method": "craft",
+            "dataset": {
+                "name": "chexpert",
+                "uri": str(phantom_root / "chest"),
+                "resolution": 64,
+                "labels": list(get_dataset("chexpert").phantom_labels),
+            },
+            "model": {"base": "phantom", "vlm": "phantom"},
+            "training": {"steps": 1, "sampler_steps": 3, "backprop_steps": 1, "checkpoint_every": 1},
+        }
+    )
+    session = LocalSession(tmp_path)
+    last = train_loop(cfg, session)
+    assert 0 < last["reward"] < 1 and np.isfinite(last["grad_norm"]) and last["grad_norm"] > 0
+    pipe = build_diffusion("phantom").pipeline()
+    load_lora_into(pipe, tmp_path / "checkpoint_000001" / "lora")
+    image = pipe(
+        "a frontal chest radiograph", num_inference_steps=2, height=64, width=64, output_type="np"
+    ).images
+    assert image.shape == (1, 64, 64, 3) and np.isfinite(image).all()

@@ -76,3 +76,12 @@ def _markdown(card: dict) -> str:
         lines += ["## Wrong label sets", "", card["wrong_label_set"], ""]
     lines += ["## Seed plan", "", *(f"- {k}: {v}" for k, v in card["seed_plan"].items()), ""]
     return "\n".join(lines)
+
+
+def update_gate(directory: Path, gate: dict) -> None:
+    """Re-gate a model (e.g. after the gate's rule improved) without retraining: the card keeps
+    its data, training record and command; only the gate section changes."""
+    card = read_card(directory)
+    card["gate"] = gate
+    (directory / "card.json").write_text(json.dumps(card, indent=1) + "\n")
+    (directory / "README.md").write_text(_markdown(card))

@@ -45,15 +45,15 @@ class DiffusionArch(BaseModel):
 
 class DiffusionPretrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    n_per_modality: int = Field(3000, ge=4)
+    n_per_modality: int = Field(1500, ge=4)
     data_seed: int = DIFFUSION_DATA_SEED
     size: int = 64
     seed: int = 0
-    vae_steps: int = Field(800, ge=1)
+    vae_steps: int = Field(300, ge=1)
     vae_batch_size: int = 16
     vae_learning_rate: float = 1e-3
     kl_weight: float = 1e-6
-    unet_steps: int = Field(2500, ge=1)
+    unet_steps: int = Field(1000, ge=1)
     unet_batch_size: int = 16
     unet_learning_rate: float = 1e-3
     uncond_prob: float = 0.1
@@ -117,6 +117,7 @@ def phantom_corpus(
 
 def train_vae(vae: AutoencoderKL, images: torch.Tensor, cfg: DiffusionPretrainConfig, log) -> list[dict]:
     vae.train()
+    started = time.time()
     optimizer = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_learning_rate, weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, _warmup_cosine(100, cfg.vae_steps))
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -135,7 +136,9 @@ def train_vae(vae: AutoencoderKL, images: torch.Tensor, cfg: DiffusionPretrainCo
         schedule.step()
         if step % 100 == 0 or step == cfg.vae_steps - 1:
             history.append({"step": step, "recon": float(rec.detach())})
-            log(f"vae step {step}/{cfg.vae_steps} recon {float(rec.detach()):.4f}")
+            log(
+                f"vae step {step}/{cfg.vae_steps} [{time.time() - started:.0f} s] recon {float(rec.detach()):.4f}"
+            )
     vae.eval()
     return history
 
@@ -161,6 +164,7 @@ def train_unet(components: DiffusionComponents, latents, captions: list[str], cf
     caption_ids = torch.tensor([phrases.index(c) for c in captions])
     unet, scheduler = components.unet, components.scheduler
     unet.train()
+    started = time.time()
     optimizer = torch.optim.AdamW(unet.parameters(), lr=cfg.unet_learning_rate, weight_decay=0.01)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, _warmup_cosine(200, cfg.unet_steps))
     gen = torch.Generator().manual_seed(cfg.seed + 1)
@@ -181,7 +185,9 @@ def train_unet(components: DiffusionComponents, latents, captions: list[str], cf
         schedule.step()
         if step % 100 == 0 or step == cfg.unet_steps - 1:
             history.append({"step": step, "loss": float(loss.detach())})
-            log(f"unet step {step}/{cfg.unet_steps} loss {float(loss.detach()):.4f}")
+            log(
+                f"unet step {step}/{cfg.unet_steps} [{time.time() - started:.0f} s] loss {float(loss.detach()):.4f}"
+            )
     unet.eval()
     return history
 
