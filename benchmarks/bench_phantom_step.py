@@ -23,7 +23,9 @@ from common import report  # noqa: E402
 LABELS = ["No Finding", "Cardiomegaly", "Lung Opacity", "Pneumothorax", "Pleural Effusion", "Support Devices"]
 
 
-def step_times(method: str, data: str, out: str, steps: int, T: int, K: int) -> tuple[float, float]:
+def step_times(
+    method: str, data: str, out: str, steps: int, T: int, K: int, vlm: str, base: str
+) -> tuple[float, float]:
     from craft_ray.config import validate_config
     from craft_ray.train.loop import train_loop
     from craft_ray.train.session import LocalSession
@@ -33,7 +35,7 @@ def step_times(method: str, data: str, out: str, steps: int, T: int, K: int) -> 
             "name": f"bench-{method}",
             "method": method,
             "dataset": {"name": "chexpert", "uri": data, "resolution": 64, "labels": LABELS},
-            "model": {"base": "phantom", "vlm": "phantom"},
+            "model": {"base": base, "vlm": vlm},
             "training": {
                 "steps": steps,
                 "sampler_steps": T,
@@ -61,6 +63,8 @@ def main() -> None:
     parser.add_argument("--T", type=int, default=10)
     parser.add_argument("--K", type=int, default=1)
     parser.add_argument("--json", default=None)
+    parser.add_argument("--vlm", default="phantom", help="reward VLM (default: the shipped chest model)")
+    parser.add_argument("--base", default="phantom", help="diffusion base (default: the shipped one)")
     args = parser.parse_args()
     import torch
 
@@ -72,7 +76,9 @@ def main() -> None:
         data = str(Path(tmp) / "chest")
         make_phantom_dataset("chest", 64, Path(data), size=64, seed=0)
         for method in ("craft", "lora_sft"):
-            step_s, total = step_times(method, data, str(Path(tmp) / method), args.steps, args.T, args.K)
+            step_s, total = step_times(
+                method, data, str(Path(tmp) / method), args.steps, args.T, args.K, args.vlm, args.base
+            )
             rows.append(
                 [
                     method,

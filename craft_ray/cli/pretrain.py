@@ -38,7 +38,7 @@ def pretrain_vlm(
     n_negatives: Annotated[
         int, typer.Option(help="images per negative kind: each other modality, distractors, corruptions")
     ] = 1000,
-    batch_size: Annotated[int, typer.Option()] = 96,
+    batch_size: Annotated[int, typer.Option()] = 64,
     gate_n: Annotated[int, typer.Option(help="held-out phantoms (seed 999) for the gate")] = 400,
     seed: Annotated[int, typer.Option(help="initialisation and batch-order seed")] = 0,
     threads: Annotated[int, typer.Option(help="torch CPU threads")] = 1,

@@ -71,3 +71,7 @@ def phantom_diffusion_dir(spec: str) -> Path:
             "`craft pretrain diffusion --out DIR` and name DIR as model.base"
         )
     return directory
+
+
+def diffusion_shipped() -> bool:
+    return (assets_root() / "diffusion" / "model_index.json").is_file()

@@ -53,7 +53,7 @@ class VLMPretrainConfig(BaseModel):
     size: int = 64
     seed: int = Field(0, description="initialisation and batch order")
     steps: int = Field(3000, ge=1)
-    batch_size: int = Field(128, ge=4)
+    batch_size: int = Field(64, ge=4)
     learning_rate: float = 1e-3
     warmup_steps: int = 200
     gate_n: int = Field(400, ge=16)
