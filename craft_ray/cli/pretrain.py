@@ -74,9 +74,9 @@ def pretrain_vlm(
 @app.command("diffusion")
 def pretrain_diffusion(
     out: Annotated[Path, typer.Option(help="directory to write (diffusers layout, card, samples.png)")],
-    n_per_modality: Annotated[int, typer.Option(help="training phantoms per modality")] = 1500,
-    vae_steps: Annotated[int, typer.Option()] = 300,
-    unet_steps: Annotated[int, typer.Option()] = 1000,
+    n_per_modality: Annotated[int, typer.Option(help="training phantoms per modality")] = 3000,
+    vae_steps: Annotated[int, typer.Option()] = 2000,
+    unet_steps: Annotated[int, typer.Option()] = 4000,
     seed: Annotated[int, typer.Option(help="initialisation and batch-order seed")] = 0,
     threads: Annotated[int, typer.Option(help="torch CPU threads")] = 1,
     overwrite: Annotated[bool, typer.Option(help="replace a non-empty --out")] = False,

@@ -45,15 +45,15 @@ class DiffusionArch(BaseModel):
 
 class DiffusionPretrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    n_per_modality: int = Field(1500, ge=4)
+    n_per_modality: int = Field(3000, ge=4)
     data_seed: int = DIFFUSION_DATA_SEED
     size: int = 64
     seed: int = 0
-    vae_steps: int = Field(300, ge=1)
+    vae_steps: int = Field(2000, ge=1)
     vae_batch_size: int = 16
     vae_learning_rate: float = 1e-3
     kl_weight: float = 1e-6
-    unet_steps: int = Field(1000, ge=1)
+    unet_steps: int = Field(4000, ge=1)
     unet_batch_size: int = 16
     unet_learning_rate: float = 1e-3
     uncond_prob: float = 0.1
