@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shlex
-import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -14,8 +13,10 @@ from craft_ray.cli.common import console, err_console
 app = typer.Typer(help="Train the small phantom models the name 'phantom' resolves to.", no_args_is_help=True)
 
 
-def _command_line() -> str:
-    return "craft " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+def _command_line(command: str, **options) -> str:
+    """The full command with every option spelled out, so the card stays exact when defaults change."""
+    parts = [f"--{name.replace('_', '-')} {shlex.quote(str(value))}" for name, value in options.items()]
+    return f"craft pretrain {command} " + " ".join(parts)
 
 
 def _log(message: str) -> None:
@@ -63,7 +64,19 @@ def pretrain_vlm(
         seed=seed,
     )
     with atomic_dir(out) as tmp:
-        metrics = run(cfg, tmp, _command_line(), _log)
+        command = _command_line(
+            "vlm",
+            modality=modality,
+            out=out,
+            steps=steps,
+            n_train=n_train,
+            n_negatives=n_negatives,
+            batch_size=batch_size,
+            gate_n=gate_n,
+            seed=seed,
+            threads=threads,
+        )
+        metrics = run(cfg, tmp, command, _log)
     verdict = "[green]passes[/green]" if metrics["passes"] else "[red]FAILS[/red]"
     console.print(
         f"phantom:{modality} -> {out}: macro AUROC {metrics['macro_auroc']:.3f}, "
@@ -92,7 +105,16 @@ def pretrain_diffusion(
         n_per_modality=n_per_modality, vae_steps=vae_steps, unet_steps=unet_steps, seed=seed
     )
     with atomic_dir(out) as tmp:
-        metrics = run(cfg, tmp, _command_line(), _log)
+        command = _command_line(
+            "diffusion",
+            out=out,
+            n_per_modality=n_per_modality,
+            vae_steps=vae_steps,
+            unet_steps=unet_steps,
+            seed=seed,
+            threads=threads,
+        )
+        metrics = run(cfg, tmp, command, _log)
     verdict = "[green]passes[/green]" if metrics["passes"] else "[red]FAILS[/red]"
     console.print(
         f"phantom diffusion base -> {out}: modality accuracy of samples {metrics['modality_accuracy']:.2f} "
