@@ -71,9 +71,14 @@ class DatasetConfig(_Strict):
 
 
 class ModelConfig(_Strict):
-    base: str = Field("tiny", description="'tiny' | 'small' (built in code) | local path | hub id")
+    base: str = Field(
+        "tiny", description="'tiny' | 'small' (built in code) | 'phantom' (shipped) | local path | hub id"
+    )
     revision: str | None = None
-    vlm: str = Field("tiny", description="CLIP-family scorer: 'tiny' | path | hub id | 'open_clip:<name>'")
+    vlm: str = Field(
+        "tiny",
+        description="CLIP-family scorer: 'tiny' | 'phantom' (shipped, the dataset's modality) | path | hub id | 'open_clip:<name>'",
+    )
     mllm: str | None = Field(
         None, description="VQA scorer for evaluation: None | 'tiny' | path | http(s):// OpenAI-compatible URL"
     )
@@ -303,6 +308,24 @@ class ExperimentConfig(_Strict):
     debug: DebugConfig = Field(default_factory=DebugConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _phantom_vlm(cls, data: Any) -> Any:
+        """`model.vlm: phantom` names the shipped VLM of the dataset's modality: `phantom:<modality>`."""
+        model, dataset = (data.get(k) if isinstance(data, dict) else None for k in ("model", "dataset"))
+        if not (isinstance(model, dict) and isinstance(dataset, dict) and dataset.get("name") in DATASETS):
+            return data
+        modality = DATASETS[dataset["name"]].modality
+        vlm = model.get("vlm")
+        if vlm == "phantom":
+            return {**data, "model": {**model, "vlm": f"phantom:{modality}"}}
+        if isinstance(vlm, str) and vlm.startswith("phantom:") and vlm != f"phantom:{modality}":
+            raise ValueError(
+                f"model.vlm {vlm!r} is not of dataset {dataset['name']!r}'s modality {modality!r} "
+                f"(use 'phantom' or 'phantom:{modality}')"
+            )
+        return data
+
     @model_validator(mode="after")
     def _check(self) -> ExperimentConfig:
         trained_steps = (
@@ -340,9 +363,10 @@ class ExperimentConfig(_Strict):
             return path if path is None or "://" in path else str(Path(path).expanduser().resolve())
 
         def local_model(spec: str | None) -> str | None:
+            shipped = spec is not None and (spec == "phantom" or spec.startswith("phantom:"))
             return (
-                absolute(spec) if spec is not None and Path(spec).exists() else spec
-            )  # presets and hub ids stay
+                absolute(spec) if spec is not None and not shipped and Path(spec).exists() else spec
+            )  # presets, shipped phantom models and hub ids stay
 
         data = self.model_dump()
         for key in ("base", "vlm", "mllm"):

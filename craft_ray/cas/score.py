@@ -22,6 +22,7 @@ from craft_ray.errors import ScoringError
 from craft_ray.knowledge.checklists import ClinicalKnowledge, load_knowledge
 from craft_ray.knowledge.labels import get_dataset
 from craft_ray.models.mllm import build_mllm
+from craft_ray.models.phantom import PHANTOM, phantom_vlm_name
 from craft_ray.models.vlm import VLMScorer, build_vlm
 
 DIMENSIONS = ("pathology", "checklist", "anatomy", "realism")
@@ -51,6 +52,10 @@ class EvaluatorSpec:
     mllm_model: str | None = None
     weights: dict[str, float] = field(default_factory=lambda: dict.fromkeys(DIMENSIONS, 1.0))
     checklists: list[str] = field(default_factory=list)  # overlay checklist files
+
+    def __post_init__(self) -> None:
+        if self.vlm == PHANTOM:  # the shipped VLM of the dataset's modality
+            self.vlm = phantom_vlm_name(get_dataset(self.dataset).modality)
 
     def to_dict(self) -> dict:
         return asdict(self)

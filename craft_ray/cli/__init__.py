@@ -20,6 +20,7 @@ from craft_ray.cli import (
     demo,
     evaluate,
     generate,
+    pretrain,
     prompts,
     query,
     report,
@@ -39,6 +40,7 @@ app.add_typer(study.app, name="study")
 app.add_typer(checklists.app, name="checklists")
 app.add_typer(prompts.app, name="prompts")
 app.add_typer(query.app, name="query")
+app.add_typer(pretrain.app, name="pretrain")
 app.command("train")(train.train)
 app.command("demo")(demo.demo)
 app.command("generate")(generate.generate)
