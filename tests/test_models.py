@@ -228,3 +228,28 @@ def test_remote_mllm_matches_local_scores_over_http():
     finally:
         broken.close()
     assert png_data_url(torch.zeros(1, 4, 4)).startswith("data:image/png;base64,")
+
+
+@pytest.mark.parametrize(
+    ("rank", "alpha", "targets"),
+    [
+        (4, 8.0, ("to_q", "to_k", "to_v", "to_out.0")),
+        (4, 16.0, ("to_q", "to_k", "to_v", "to_out.0")),
+        (2, 16.0, ("to_k", "to_v")),
+    ],
+)
+def test_lora_with_alpha_not_rank_reloads_at_the_trained_strength(tmp_path, rank, alpha, targets):
+    """The saved file carries rank, alpha and targets, so diffusers' loader scales the adapter as trained."""
+    trained = build_diffusion("tiny")
+    params = add_lora(trained.unet, rank=rank, alpha=alpha, targets=targets)
+    with torch.no_grad():
+        for p in params:
+            p.add_(0.3)
+    expected = generate_chest(trained.pipeline())
+    save_lora(trained.unet, tmp_path / "lora")
+    base = build_diffusion("tiny").pipeline()
+    before = generate_chest(base)
+    load_lora_into(base, tmp_path / "lora")
+    after = generate_chest(base)
+    assert np.abs(expected - before).max() > 1e-3
+    np.testing.assert_allclose(after, expected, atol=1e-5)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
 import torch
 
 from craft_ray.config import validate_config
-from craft_ray.errors import ConfigError
+from craft_ray.errors import ConfigError, TrainingError
 from craft_ray.models.diffusion import _scheduler
 from craft_ray.train.context import batch_rows
 from craft_ray.train.ddim import DDIMSampler
@@ -87,10 +88,19 @@ def test_craft_step_trains_only_lora_and_checkpoints(phantom_root, tmp_path):
     lora = load_file(str(tmp_path / "checkpoint_000002" / "lora" / "pytorch_lora_weights.safetensors"))
     ups = [v for k, v in lora.items() if "lora_B" in k or "lora.up" in k]
     assert ups and any(v.abs().sum() > 0 for v in ups)  # B starts at zero: training moved it
+    card = json.loads((tmp_path / "checkpoint_000002" / "model.json").read_text())
+    assert card["lora"] == {"rank": 4, "alpha": 4.0, "targets": ["to_k", "to_out.0", "to_q", "to_v"]}
     # resuming a finished run trains nothing more and keeps the checkpoint
     again = LocalSession(tmp_path)
     train_loop(local_cfg(str(phantom_root / "chest"), "craft"), again)
     assert again.metrics[-1]["step"] == 2.0 and again.metrics[-1]["resumed_from"] == 2.0
+    # ... but not with another LoRA shape or strength than the checkpoint's
+    cfg = local_cfg(str(phantom_root / "chest"), "craft")
+    cfg.model.lora_alpha = 8.0
+    with pytest.raises(
+        TrainingError, match="its LoRA is .*'alpha': 4.0.* the config asks for .*'alpha': 8.0"
+    ):
+        train_loop(cfg, LocalSession(tmp_path))
 
 
 @pytest.mark.parametrize("method", ["lora_sft", "ddpo"])
@@ -115,7 +125,6 @@ def test_ddpo_later_updates_see_importance_ratios_away_from_one(phantom_root, tm
 
 def test_a_checkpoint_is_refused_when_frozen_weights_move(phantom_root, tmp_path, monkeypatch):
     """The loop checks the frozen base weights before every checkpoint (they must never train)."""
-    from craft_ray.errors import TrainingError
     from craft_ray.train import methods
     from craft_ray.train.methods.sft import LoraSFT
 
