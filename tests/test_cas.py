@@ -6,6 +6,7 @@ import json
 import math
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -26,6 +27,8 @@ from craft_ray.cas.tail import image_threshold
 from craft_ray.data import ImageParquetDataset
 from craft_ray.errors import ScoringError
 from craft_ray.models import build_mllm, build_vlm
+
+ROOT = Path(__file__).resolve().parents[1]
 
 LABELS = [
     ["Cardiomegaly"],
@@ -219,3 +222,25 @@ def test_build_evaluator_from_spec_round_trip():
     result = ev.score(images(2, channels=3), [["ADI"], ["TUM"]])
     assert set(result.dims) == {"pathology", "realism"}
     assert EvaluatorSpec(**spec.to_dict()) == spec
+
+
+def test_calibrate_options_given_with_a_config_override_it(phantom_root, tmp_path):
+    """`cas calibrate --config F --vlm X ...` applies the options on top of the experiment; none is
+    silently ignored."""
+    from craft_ray.cli.cas import _evaluator_spec
+
+    uri = str(phantom_root / "chest")
+    config = tmp_path / "exp.yaml"
+    config.write_text(
+        json.dumps(
+            {"extends": str(ROOT / "experiments" / "chexpert" / "craft.yaml"), "dataset": {"uri": uri}}
+        )
+    )
+    from_config = _evaluator_spec(uri, config, None, None, None, None, None)
+    assert from_config.vlm == "tiny" and len(from_config.labels) == 6
+    overlay = tmp_path / "overlay.yaml"
+    spec = _evaluator_spec(
+        uri, config, "small", "tiny", "pathology=2,realism=1", "Cardiomegaly, No Finding", [overlay]
+    )
+    assert (spec.vlm, spec.mllm, spec.labels) == ("small", "tiny", ["Cardiomegaly", "No Finding"])
+    assert spec.weights == {"pathology": 2.0, "realism": 1.0} and spec.checklists == [str(overlay)]

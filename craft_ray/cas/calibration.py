@@ -64,6 +64,16 @@ class Calibration:
     def evaluator_from_spec(self) -> CASEvaluator:
         return build_evaluator(self.evaluator, self.reference)
 
+    def check_matches(self, spec: EvaluatorSpec, path: str | Path, user: str) -> None:
+        """Refuse to use this calibration for an evaluator it was not made with: another VLM's
+        embeddings or another dataset's images make its realism reference and thresholds meaningless."""
+        difference = self.evaluator.mismatch(spec)
+        if difference:
+            raise ConfigError(
+                f"calibration {path} does not match {user}: {difference} (calibration vs {user}); "
+                "recalibrate with `craft cas calibrate --config ...`"
+            )
+
 
 @dataclass
 class ScoredBatch:

@@ -35,35 +35,39 @@ def _parse_weights(text: str) -> dict[str, float]:
 def _evaluator_spec(
     data: str,
     config: Path | None,
-    vlm: str,
+    vlm: str | None,
     mllm: str | None,
     weights: str | None,
     labels: str | None,
     checklists: list[Path] | None,
 ):
+    """The evaluator to calibrate: the experiment's (`--config`) or the defaults, with every option
+    the user gave applied on top (an option is never silently ignored)."""
+    import dataclasses
+
     from craft_ray.cas import EvaluatorSpec
     from craft_ray.data import read_manifest
 
     manifest = read_manifest(data)
+    overlays = [str(c) for c in checklists or []]
     if config is not None:
         from craft_ray.config import load_config
 
-        cfg = load_config(config)
+        cfg = load_config(config).resolved()
         if cfg.dataset.name != manifest.dataset:
             raise CraftError(
                 f"{config} is for dataset '{cfg.dataset.name}' but {data} holds '{manifest.dataset}'"
             )
-        return EvaluatorSpec.from_config(cfg, checklists=[str(c) for c in checklists or []])
-    label_list = [x.strip() for x in labels.split(",")] if labels else list(manifest.label_space)
-    return EvaluatorSpec(
-        manifest.dataset,
-        label_list,
-        vlm,
-        mllm,
-        None,
-        _parse_weights(weights) if weights else EvaluatorSpec(manifest.dataset).weights,
-        [str(c) for c in checklists or []],
-    )
+        spec = EvaluatorSpec.from_config(cfg, checklists=overlays)
+    else:
+        spec = EvaluatorSpec(manifest.dataset, list(manifest.label_space), "tiny", checklists=overlays)
+    overrides = {
+        "vlm": vlm,
+        "mllm": mllm,
+        "weights": _parse_weights(weights) if weights else None,
+        "labels": [x.strip() for x in labels.split(",")] if labels else None,
+    }
+    return dataclasses.replace(spec, **{k: v for k, v in overrides.items() if v is not None})
 
 
 @app.command("calibrate")
@@ -73,11 +77,15 @@ def cas_calibrate(
     split: Annotated[str, typer.Option(help="held-out split of real images")] = "val",
     q: Annotated[float, typer.Option(help="threshold quantile of real-image CAS")] = 0.05,
     config: Annotated[
-        Path | None, typer.Option(help="take VLM, MLLM, weights and labels from an experiment")
+        Path | None,
+        typer.Option(
+            help="take VLM, MLLM, weights, labels and checklists from an experiment (options given override it)"
+        ),
     ] = None,
     vlm: Annotated[
-        str, typer.Option(help="CLIP-family scorer: tiny | small | path | open_clip:<name>")
-    ] = "tiny",
+        str | None,
+        typer.Option(help="CLIP-family scorer: tiny | small | path | open_clip:<name> (default: tiny)"),
+    ] = None,
     mllm: Annotated[
         str | None, typer.Option(help="VQA scorer for checklists: tiny | path | http URL")
     ] = None,

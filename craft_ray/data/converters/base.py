@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TextIO
 
 from PIL import Image
 
@@ -52,15 +52,42 @@ class ParsedSource:
     filtered: int = 0  # rows left out on purpose by an option (e.g. lateral views)
 
 
-def read_csv_rows(path: Path, required: list[str]) -> Iterator[tuple[int, dict[str, str]]]:
-    """Yield (line number, row) from a CSV, after checking its header has the required columns."""
-    with path.open(newline="", encoding="utf-8-sig") as handle:
+def open_csv(path: Path) -> TextIO:
+    """UTF-8 text whose undecodable bytes survive as lone surrogates (one bad byte must cost one row,
+    not the file); `csv_problem` finds them per row."""
+    return path.open(newline="", encoding="utf-8-sig", errors="surrogateescape")
+
+
+def csv_problem(row: dict[str | None, Any], n_columns: int) -> str | None:
+    """Why a DictReader row is malformed (too few or too many fields, bytes that are not UTF-8), or None."""
+    if None in row:
+        return f"row has {n_columns + len(row[None])} fields, the header has {n_columns}"
+    if any(value is None for value in row.values()):
+        return f"row has {sum(v is not None for v in row.values())} fields, the header has {n_columns}"
+    for column, value in row.items():
+        bad = next((ch for ch in value if "\udc80" <= ch <= "\udcff"), None)
+        if bad is not None:
+            return f"column {column!r} is not valid UTF-8 (byte 0x{ord(bad) - 0xDC00:02x})"
+    return None
+
+
+def read_csv_rows(
+    path: Path, required: list[str], rejects: list[Reject]
+) -> Iterator[tuple[int, dict[str, str]]]:
+    """Yield (line number, row) of the well-formed rows of a CSV, after checking its header has the
+    required columns; each malformed row becomes one reject (`<file>:<line>`) and the rest go on."""
+    with open_csv(path) as handle:
         reader = csv.DictReader(handle)
-        missing = [col for col in required if col not in (reader.fieldnames or [])]
+        fieldnames = reader.fieldnames or []
+        missing = [col for col in required if col not in fieldnames]
         if missing:
-            raise DataError(f"{path}: missing column(s) {missing} (found: {reader.fieldnames})")
+            raise DataError(f"{path}: missing column(s) {missing} (found: {fieldnames})")
         for row in reader:
-            yield reader.line_num, row
+            problem = csv_problem(row, len(fieldnames))
+            if problem:
+                rejects.append(Reject(f"{path.name}:{reader.line_num}", problem))
+            else:
+                yield reader.line_num, row
 
 
 def index_images(root: Path) -> dict[str, Path]:
