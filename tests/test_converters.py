@@ -294,3 +294,21 @@ def test_isic_and_fundus_survive_malformed_rows(tmp_path):
         manifest.rejects == 1
         and rejects_of(tmp_path / "out_fundus")[0]["reason"] == "row has 1 fields, the header has 2"
     )
+
+
+def test_chexpert_valid_csv_is_its_own_split_unless_pooled(tmp_path):
+    """The official, radiologist-labelled valid.csv is what CheXpert results are reported on: it
+    stays a split of its own ('valid'); --pool-valid puts it into the random splits."""
+    base = make_chexpert(tmp_path / "src")
+    manifest = convert("chexpert", base, tmp_path / "kept", ConvertOptions(seed=1))
+    split_of = {r["image_id"]: r["split"] for r in all_rows(tmp_path / "kept")}
+    assert split_of["patient64541_study1_view1_frontal"] == "valid"
+    assert manifest.counts["valid"]["images"] == 1 and manifest.options["pool_valid"] is False
+    assert "valid" not in {s for i, s in split_of.items() if not i.startswith("patient64541")}
+    pooled = convert("chexpert", base, tmp_path / "pooled", ConvertOptions(seed=1, pool_valid=True))
+    assert "valid" not in pooled.counts
+    assert {r["split"] for r in all_rows(tmp_path / "pooled") if r["patient_id"] == "patient64541"} <= {
+        "train",
+        "val",
+        "test",
+    }

@@ -282,3 +282,78 @@ def test_methods_train_on_other_scheduler_configs(phantom_root, tmp_path, saved_
     train_loop(validate_config(data), session)
     last = session.metrics[-1]
     assert last["skipped_steps"] == 0 and math.isfinite(last["loss"]) and math.isfinite(last["grad_norm"])
+
+
+def test_metrics_jsonl_is_appended_not_rewritten(tmp_path):
+    """Each report appends its own lines (a long run's reports used to rewrite the whole history)."""
+    from craft_ray.train.trainer import _make_recorder, read_metrics
+
+    recorder = _make_recorder(str(tmp_path), [], None)
+    recorder.after_report(None, [{"step": 2.0, "history": [{"step": 1.0}, {"step": 2.0}]}], None)
+    path = tmp_path / "metrics.jsonl"
+    path.write_text(path.read_text() + '{"marker": 1}\n')  # a line this recorder did not write
+    recorder.after_report(None, [{"step": 3.0, "history": [{"step": 3.0}]}], None)
+    assert read_metrics(str(tmp_path)) == [{"step": 1.0}, {"step": 2.0}, {"marker": 1}, {"step": 3.0}]
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_craft_gradients_reach_only_the_last_k_sampler_steps(phantom_root, tmp_path, monkeypatch, k):
+    """DRaFT-K: of the T UNet calls of a sampling run, exactly the last K carry a graph, and the
+    reward's gradient arrives at each of them (and at no other)."""
+    from craft_ray.models import build_diffusion
+
+    calls = []
+
+    def record(module, args, kwargs, output):
+        call = {"graph": output.sample.requires_grad, "grad": False}
+        calls.append(call)
+        if call["graph"]:
+            output.sample.register_hook(lambda g: call.update(grad=bool(g.abs().sum() > 0)))
+
+    def hooked(base, revision=None):
+        components = build_diffusion(base, revision)
+        components.unet.register_forward_hook(record, with_kwargs=True)
+        return components
+
+    monkeypatch.setattr("craft_ray.train.loop.build_diffusion", hooked)
+    cfg = local_cfg(
+        str(phantom_root / "chest"),
+        "craft",
+        steps=1,
+        sampler_steps=4,
+        backprop_steps=k,
+        gradient_checkpointing=False,
+    )
+    train_loop(cfg, LocalSession(tmp_path))
+    assert len(calls) == 4
+    assert [c["graph"] for c in calls] == [i >= 4 - k for i in range(4)]
+    assert [c["grad"] for c in calls] == [i >= 4 - k for i in range(4)]
+
+
+def test_grad_accum_applies_the_mean_of_the_micro_batch_gradients(phantom_root, tmp_path):
+    """With grad_accum=2 the update uses the mean of the two micro-batches' gradients, computed here
+    independently with torch.autograd.grad on the same seeded micro-batches."""
+    from torch.optim.optimizer import register_optimizer_step_pre_hook
+
+    from craft_ray.train.loop import TrainingRun
+
+    cfg = local_cfg(str(phantom_root / "chest"), "lora_sft", steps=1, grad_accum=2, max_grad_norm=1e9)
+    applied = []
+    handle = register_optimizer_step_pre_hook(
+        lambda opt, args, kwargs: applied.append(
+            [p.grad.clone() for g in opt.param_groups for p in g["params"]]
+        )
+    )
+    try:
+        train_loop(cfg, LocalSession(tmp_path / "run"))
+    finally:
+        handle.remove()
+    reference = TrainingRun(cfg, LocalSession(tmp_path / "ref"), None)  # same seeded model and batches
+    per_micro = []
+    for micro in range(2):
+        loss, _ = reference.method.loss(reference.ctx, reference.ctx.batch(0, micro), 0, micro)
+        per_micro.append(torch.autograd.grad(loss, reference.trainable))
+    assert len(applied) == 1 and len(applied[0]) == len(reference.trainable)
+    for got, a, b in zip(applied[0], *per_micro, strict=True):
+        torch.testing.assert_close(got, (a + b) / 2, atol=1e-7, rtol=1e-5)
+    assert any(not torch.allclose(a, b) for a, b in zip(*per_micro, strict=True))  # two different batches

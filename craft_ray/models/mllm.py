@@ -296,7 +296,9 @@ class RemoteMLLMScorer:
         try:
             return resp.json()
         except ValueError as exc:
-            raise ModelError(f"MLLM endpoint {self.base_url}{route}: the answer is not JSON ({exc})") from None
+            raise ModelError(
+                f"MLLM endpoint {self.base_url}{route}: the answer is not JSON ({exc})"
+            ) from None
 
     def _ask(self, image: torch.Tensor, question: str) -> float:
         body = {

@@ -17,6 +17,7 @@ from craft_ray.data.splits import DEFAULT_FRACTIONS, assign_splits
 from craft_ray.data.writer import DatasetWriter
 from craft_ray.errors import DataError
 from craft_ray.knowledge.labels import DatasetSpec
+from craft_ray.outputs import atomic_dir
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp"}
 ProgressFn = Callable[[int, int], None]  # (done, total)
@@ -29,6 +30,7 @@ class ConvertOptions:
     size: int | None = None  # resize to size x size (shorter side + centre crop); None keeps originals
     uncertainty: Literal["ones", "zeros", "ignore"] = "ignore"  # CheXpert -1 labels
     frontal_only: bool = False  # CheXpert: drop lateral views
+    pool_valid: bool = False  # CheXpert: pool valid.csv into the random split instead of split "valid"
     threads: int = 4  # PIL releases the GIL while decoding, resizing and encoding
 
 
@@ -43,6 +45,7 @@ class SourceItem:
     source: str
     uncertain_labels: list[str] = field(default_factory=list)
     attributes: dict[str, Any] = field(default_factory=dict)
+    split: str | None = None  # a split fixed by the source (CheXpert's official valid set); else random
 
 
 @dataclass
@@ -126,9 +129,9 @@ def write_dataset(
         else:
             seen.add(item.image_id)
             items.append(item)
-    splits = assign_splits((i.patient_id for i in items), options.fractions, options.seed)
+    splits = _splits(items, options)
     mode = "L" if spec.channels == 1 else "RGB"
-    with DatasetWriter(out, spec.name, spec.modality, list(spec.labels)) as writer:
+    with atomic_dir(out) as tmp, DatasetWriter(tmp, spec.name, spec.modality, list(spec.labels)) as writer:
         for rej in [*parsed.rejects, *duplicate_rejects]:
             writer.reject(rej.source, rej.reason)
         with ThreadPoolExecutor(max_workers=max(1, options.threads)) as pool:
@@ -155,7 +158,7 @@ def write_dataset(
                     )
                 if progress:
                     progress(done, len(items))
-        return writer.close(
+        manifest = writer.close(
             origin,
             {
                 "seed": options.seed,
@@ -163,6 +166,17 @@ def write_dataset(
                 "size": options.size,
                 "uncertainty": options.uncertainty,
                 "frontal_only": options.frontal_only,
+                "pool_valid": options.pool_valid,
                 "filtered": parsed.filtered,
             },
         )
+    return manifest
+
+
+def _splits(items: list[SourceItem], options: ConvertOptions) -> dict[str, str]:
+    """patient -> split: a split fixed by the source holds all of its patients' images (no patient
+    straddles splits); the other patients are split at random by the fractions."""
+    fixed = {item.patient_id: item.split for item in items if item.split}
+    free = {item.patient_id for item in items} - set(fixed)
+    splits = assign_splits(free, options.fractions, options.seed) if free else {}
+    return {**splits, **fixed}

@@ -3,6 +3,9 @@
 Observation cells are 1.0 (positive), 0.0 (negative), -1.0 (uncertain) or blank (not mentioned,
 treated as negative). The uncertainty policy maps -1: `ones` -> positive, `zeros` -> negative,
 `ignore` -> neither, recorded in `uncertain_labels` so a loss can mask it.
+
+valid.csv is the official validation set (radiologist-labelled, the one results are reported on):
+its images form their own split `valid` unless `pool_valid` puts them into the random split.
 """
 
 from __future__ import annotations
@@ -55,6 +58,7 @@ def _age(cell: str) -> int | None | str:
 def parse(source: Path, options: ConvertOptions) -> ParsedSource:
     parsed = ParsedSource()
     for csv_path in _find_csvs(source):
+        official = "valid" if csv_path.name == "valid.csv" else "train"
         for line, row in read_csv_rows(csv_path, META_COLUMNS + list(SPEC.labels), parsed.rejects):
             where = f"{csv_path.name}:{line}"
             rel = row["Path"].strip()
@@ -104,8 +108,9 @@ def parse(source: Path, options: ConvertOptions) -> ParsedSource:
                         "view": view,
                         "projection": row["AP/PA"].strip(),
                         "study": study,
-                        "official_split": "valid" if csv_path.name == "valid.csv" else "train",
+                        "official_split": official,
                     },
+                    split="valid" if official == "valid" and not options.pool_valid else None,
                 )
             )
     return parsed
