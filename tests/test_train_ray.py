@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -167,28 +168,41 @@ def test_train_cli(ray_local, phantom_root, tmp_path):
         "--storage",
         str(tmp_path / "runs"),
     ]
-    result = subprocess.run(args, capture_output=True, text=True, timeout=600)
+    env = {**os.environ, "RAY_ADDRESS": ray_local.get_runtime_context().gcs_address}  # this test's cluster
+    result = subprocess.run(args, capture_output=True, text=True, timeout=600, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "final weights:" in result.stdout
     assert (
         tmp_path / "runs" / "chexpert-lora-sft" / "final" / "lora" / "pytorch_lora_weights.safetensors"
     ).exists()
-    again = subprocess.run(args, capture_output=True, text=True, timeout=600)
+    again = subprocess.run(args, capture_output=True, text=True, timeout=600, env=env)
     assert again.returncode == 2 and "already exists" in again.stderr and "Traceback" not in again.stderr
 
 
 def test_offline_demo_end_to_end(ray_local, tmp_path):
+    """`craft demo` as a user runs it (on this test's Ray cluster), then again: it continues."""
     from craft_ray.demo import run_demo
 
     out = tmp_path / "demo"
-    result = run_demo(out, n=40, size=32, steps=2, workers=2)
-    assert set(result.manifests) == {"chest", "derm", "fundus", "histo"}
-    assert result.calibration.thresholds and result.calibration_path.exists()
-    assert result.training.metrics["step"] == 2.0 and result.training.metrics["world_size"] == 2.0
-    assert (Path(result.training.final_uri) / "lora" / "pytorch_lora_weights.safetensors").exists()
+    args = ["demo", "--out", str(out), "--n", "40", "--size", "32", "--steps", "2", "--workers", "2"]
+    env = {**os.environ, "RAY_ADDRESS": ray_local.get_runtime_context().gcs_address}
+    result = subprocess.run(
+        [sys.executable, "-m", "craft_ray.cli", *args], capture_output=True, text=True, timeout=900, env=env
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (
+        "CRAFT: 2 steps on 2 Ray Train workers" in result.stdout
+        and "LoRA (diffusers format)" in result.stdout
+    )
+    for modality in ("chest", "derm", "fundus", "histo"):
+        assert (out / "data" / modality / "manifest.json").exists()
+    assert (out / "cas" / "chest_thresholds.json").exists()
+    final = out / "runs" / "demo-chexpert-craft" / "final"
+    assert (final / "lora" / "pytorch_lora_weights.safetensors").exists()
     again = run_demo(
         out, n=40, size=32, steps=2, workers=2
     )  # re-running reuses and continues, never overwrites
+    assert set(again.manifests) == {"chest", "derm", "fundus", "histo"}
     assert again.training.history[-1]["resumed_from"] == 2.0
 
 

@@ -220,12 +220,11 @@ class TrainingRun:
                 results.append(self.update(micro_batches, step, index))
                 index += len(micro_batches)
         for result in results:
+            values["loss"].append(result.loss)  # NaN for a skipped update
             for key, vals in result.metrics.items():
                 values[key].extend(vals)
         metrics = self.mean_across_ranks(values)
-        losses = [r.loss for r in results]
         metrics.update(
-            loss=sum(losses) / len(losses),
             grad_norm=sum(r.grad_norm for r in results) / len(results),
             step=float(step + 1),
             lr=float(self.lr_scheduler.get_last_lr()[0]),
