@@ -120,6 +120,36 @@ def test_prompt_config_enrichment_file_mode(tmp_path):
         validate_config({**base, "prompts": {"enrichment": "file"}})
 
 
+def test_evaluation_and_study_prompts_use_the_runs_enrichment_file(tmp_path):
+    """A run trained on `craft prompts enrich` variants is generated from the same variants when it
+    is evaluated or put in a reader study (they once fell back to the bare template)."""
+    from craft_ray.config import validate_config
+    from craft_ray.evaluation.generation import ImageGenerator, SamplerSettings
+    from craft_ray.evaluation.source import ModelSource
+
+    def untrained(cfg):
+        return ModelSource(cfg, "pretrained:tiny", "pretrained", None, None, None, None)
+
+    path = tmp_path / "e.yaml"
+    doc = {
+        "kind": "craft-prompt-enrichment",
+        "dataset": "chexpert",
+        "label_sets": [{"labels": ["Cardiomegaly"], "variants": ["a markedly enlarged cardiac silhouette"]}],
+    }
+    path.write_text(yaml.safe_dump(doc))
+    base = {
+        "name": "x",
+        "method": "craft",
+        "dataset": {"name": "chexpert", "uri": str(tmp_path), "resolution": 16},
+    }
+    cfg = validate_config({**base, "prompts": {"enrichment": "file", "enrichment_file": str(path)}})
+    generator = ImageGenerator(untrained(cfg), SamplerSettings(1, 1.0, 0.0))
+    assert "a markedly enlarged cardiac silhouette" in generator.prompt(["Cardiomegaly"], seed=0)
+    template_only = validate_config({**base, "prompts": {"enrichment": "none"}})
+    plain = ImageGenerator(untrained(template_only), SamplerSettings(1, 1.0, 0.0))
+    assert "enlarged cardiac silhouette" not in plain.prompt(["Cardiomegaly"], seed=0)
+
+
 def test_evaluator_config_errors_name_the_field():
     with pytest.raises(ConfigError, match="datasets: unknown dataset 'mnist'"):
         load_evaluator_config({"datasets": {"mnist": {}}})

@@ -19,9 +19,8 @@ from PIL import Image
 
 from craft_ray.config import ExperimentConfig
 from craft_ray.evaluation.source import ModelSource
-from craft_ray.knowledge.checklists import load_knowledge
 from craft_ray.knowledge.labels import get_dataset
-from craft_ray.knowledge.prompts import Enricher, NoEnrichment, PhraseEnrichment, build_prompt
+from craft_ray.knowledge.prompts import build_prompt, enricher_for
 from craft_ray.models.diffusion import build_diffusion
 from craft_ray.models.lora import load_lora_into
 
@@ -48,16 +47,6 @@ class SamplerSettings:
             float(pick(guidance_scale, ev.guidance_scale, t.guidance_scale)),
             float(pick(eta, ev.eta, t.eta)),
         )
-
-
-def enricher_for(cfg: ExperimentConfig) -> Enricher:
-    """The prompt enrichment the run trained with."""
-    spec = get_dataset(cfg.dataset.name)
-    if cfg.prompts.enrichment == "static":
-        return PhraseEnrichment.from_knowledge(spec, load_knowledge(), cfg.prompts.phrases_per_label)
-    if cfg.prompts.enrichment == "cache":
-        return PhraseEnrichment.from_file(spec, cfg.prompts.enrichment_cache, cfg.prompts.phrases_per_label)
-    return NoEnrichment()
 
 
 def to_uint8(images: np.ndarray, channels: int) -> list[np.ndarray]:
@@ -93,7 +82,7 @@ class ImageGenerator:
         self.source, self.sampler = source, sampler
         self.spec = get_dataset(cfg.dataset.name)
         self.resolution = cfg.dataset.resolution
-        self.enricher = enricher_for(cfg)
+        self.enricher = enricher_for(get_dataset(cfg.dataset.name), cfg.prompts)
 
     def prompt(self, labels: Sequence[str], seed: int) -> str:
         return build_prompt(self.spec, list(labels), self.enricher, random.Random(seed))

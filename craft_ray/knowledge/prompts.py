@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import yaml
 
 from craft_ray.errors import ConfigError
 from craft_ray.knowledge.checklists import ClinicalKnowledge
 from craft_ray.knowledge.labels import DatasetSpec
+
+if TYPE_CHECKING:
+    from craft_ray.config import PromptConfig
 
 # Labels that mean "nothing there": their negation is the abnormality itself.
 NEGATED_FINDINGS = {
@@ -133,6 +136,20 @@ class PhraseEnrichment:
             pool = self.pool.get(label, [])
             out.extend(rng.sample(pool, min(self.per_label, len(pool))))
         return out
+
+
+def enricher_for(spec: DatasetSpec, prompts: PromptConfig) -> Enricher:
+    """The enrichment an experiment's `prompts` section names: training, evaluation and the reader
+    study all build prompts through this one choice, so a run is judged on the prompts it trained on."""
+    if prompts.enrichment == "static":
+        from craft_ray.knowledge.checklists import load_knowledge
+
+        return PhraseEnrichment.from_knowledge(spec, load_knowledge(), prompts.phrases_per_label)
+    if prompts.enrichment == "cache":
+        return PhraseEnrichment.from_file(spec, prompts.enrichment_cache, prompts.phrases_per_label)
+    if prompts.enrichment == "file":
+        return VariantEnrichment.from_file(spec, prompts.enrichment_file)
+    return NoEnrichment()
 
 
 def build_prompt(spec: DatasetSpec, labels: list[str], enricher: Enricher, rng: random.Random) -> str:

@@ -13,9 +13,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from craft_ray.knowledge.checklists import load_knowledge
 from craft_ray.knowledge.labels import get_dataset
-from craft_ray.knowledge.prompts import NoEnrichment, PhraseEnrichment, build_prompt
+from craft_ray.knowledge.prompts import build_prompt, enricher_for
 from craft_ray.models import build_diffusion, load_lora_into
 from craft_ray.study.runs import StudyRun
 
@@ -38,14 +37,7 @@ def generate_images(
         load_lora_into(pipe, run.final / "lora")
     pipe.set_progress_bar_config(disable=True)
     spec = get_dataset(cfg.dataset.name)
-    if cfg.prompts.enrichment == "static":
-        enricher = PhraseEnrichment.from_knowledge(spec, load_knowledge(), cfg.prompts.phrases_per_label)
-    elif cfg.prompts.enrichment == "cache":
-        enricher = PhraseEnrichment.from_file(
-            spec, cfg.prompts.enrichment_cache, cfg.prompts.phrases_per_label
-        )
-    else:
-        enricher = NoEnrichment()
+    enricher = enricher_for(spec, cfg.prompts)
     images: list[np.ndarray] = []
     for start in range(0, len(seeds), batch_size):
         batch = list(

@@ -22,15 +22,8 @@ from craft_ray.cas.score import CASEvaluator, EvaluatorSpec, build_evaluator
 from craft_ray.config import ExperimentConfig
 from craft_ray.data.reading import ImageParquetDataset
 from craft_ray.errors import DataError
-from craft_ray.knowledge.checklists import load_knowledge
 from craft_ray.knowledge.labels import DatasetSpec, get_dataset
-from craft_ray.knowledge.prompts import (
-    Enricher,
-    NoEnrichment,
-    PhraseEnrichment,
-    VariantEnrichment,
-    build_prompt,
-)
+from craft_ray.knowledge.prompts import Enricher, build_prompt, enricher_for
 from craft_ray.models.diffusion import DiffusionComponents
 from craft_ray.train.session import TrainSession
 
@@ -96,18 +89,7 @@ class TrainContext:
             raise DataError(
                 f"{cfg.dataset.uri} [{cfg.dataset.train_split}]: no image has any of {cfg.dataset.label_space}"
             )
-        if cfg.prompts.enrichment == "static":
-            self.enricher = PhraseEnrichment.from_knowledge(
-                self.spec, load_knowledge(), cfg.prompts.phrases_per_label
-            )
-        elif cfg.prompts.enrichment == "cache":
-            self.enricher = PhraseEnrichment.from_file(
-                self.spec, cfg.prompts.enrichment_cache, cfg.prompts.phrases_per_label
-            )
-        elif cfg.prompts.enrichment == "file":
-            self.enricher = VariantEnrichment.from_file(self.spec, cfg.prompts.enrichment_file)
-        else:
-            self.enricher = NoEnrichment()
+        self.enricher = enricher_for(self.spec, cfg.prompts)
 
     # -- devices and precision -------------------------------------------------------------
     @property
