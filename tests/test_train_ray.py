@@ -168,15 +168,19 @@ def test_train_cli(ray_local, phantom_root, tmp_path):
         "--storage",
         str(tmp_path / "runs"),
     ]
-    env = {**os.environ, "RAY_ADDRESS": ray_local.get_runtime_context().gcs_address}  # this test's cluster
+    address = ray_local.get_runtime_context().gcs_address  # this test's cluster, named as a user would
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    args += ["--address", address]
     result = subprocess.run(args, capture_output=True, text=True, timeout=600, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "final weights:" in result.stdout
+    assert f"joined the Ray cluster at {address}" in " ".join(result.stderr.split())
     assert (
         tmp_path / "runs" / "chexpert-lora-sft" / "final" / "lora" / "pytorch_lora_weights.safetensors"
     ).exists()
     again = subprocess.run(args, capture_output=True, text=True, timeout=600, env=env)
     assert again.returncode == 2 and "already exists" in again.stderr and "Traceback" not in again.stderr
+    assert "Ray cluster" not in again.stderr  # input errors come before any Ray work
 
 
 def test_offline_demo_end_to_end(ray_local, tmp_path):

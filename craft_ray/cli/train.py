@@ -27,6 +27,12 @@ def train(
     ] = None,
     steps: Annotated[int | None, typer.Option(help="total optimiser steps (training.steps)")] = None,
     resume: Annotated[bool, typer.Option(help="continue an existing run from its latest checkpoint")] = False,
+    address: Annotated[
+        str | None,
+        typer.Option(
+            help="Ray cluster to join (default: RAY_ADDRESS, else a local cluster for this command)"
+        ),
+    ] = None,
 ) -> None:
     """Train one experiment with Ray Train on the current Ray cluster (a local one if none)."""
     from craft_ray.config import load_config
@@ -63,7 +69,9 @@ def train(
                 shown.append(f"skipped={metrics['skipped_steps']:.0f}")
             progress.update(task, completed=metrics.get("step", 0), info=" ".join(shown))
 
-        summary = run_training(cfg, resume=resume, on_report=on_report)
+        summary = run_training(
+            cfg, resume=resume, on_report=on_report, address=address, say=progress.console.print
+        )
     table = Table(
         title=escape(
             f"run {cfg.run_name} [{cfg.method}, {cfg.dataset.name}, {cfg.scaling.workers} worker(s)]"

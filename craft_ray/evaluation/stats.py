@@ -22,9 +22,8 @@ _CHUNK = 256  # bootstrap resamples drawn at once (bounds memory at CHUNK x n in
 def share_interval(
     k: int, n: int, level: float = 0.95, method: Literal["wilson", "exact"] = "wilson"
 ) -> tuple[float, float]:
-    """Confidence interval of a proportion k/n: Wilson score ('wilson') or Clopper-Pearson ('exact').
-    (The tail report of `craft cas score` gets the same interval in issue 7; this is the one call
-    site to switch to it.)"""
+    """Confidence interval of a proportion k/n: Wilson score ('wilson') or Clopper-Pearson ('exact',
+    what `craft cas score`'s tail report uses, `craft_ray.cas.tail`)."""
     if n == 0:
         return math.nan, math.nan
     ci = stats.binomtest(int(k), int(n)).proportion_ci(confidence_level=level, method=method)

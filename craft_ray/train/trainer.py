@@ -187,6 +187,8 @@ def run_training(
     cfg: ExperimentConfig,
     resume: bool = False,
     on_report: Callable[[dict[str, Any]], None] | None = None,
+    address: str | None = None,
+    say: Callable[[str], None] | None = None,
 ) -> TrainingSummary:
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
@@ -207,7 +209,9 @@ def run_training(
     preflight(cfg)
     history = read_metrics(run_uri) if resume else []
 
-    ensure_ray()
+    where = ensure_ray(address)  # after the input checks: a wrong config fails without starting Ray
+    if say is not None:
+        say(where)
     queue = Queue() if on_report is not None else None
     scaling = cfg.scaling
     resources = {
