@@ -3,7 +3,6 @@ scoring of items gathered from many requests in one pass per dataset and image s
 
 from __future__ import annotations
 
-import math
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
@@ -61,8 +60,8 @@ class ServedEvaluator:
     def result(self, row: dict[str, float], labels: list[str]) -> dict[str, Any]:
         threshold = image_threshold(labels, self.thresholds)
         out: dict[str, Any] = {"cas": row["cas"], **{d: row.get(d) for d in DIMENSIONS}}
-        known = not math.isnan(threshold)
-        out["threshold"] = threshold if known else None
+        known = threshold is not None  # None: no label of the item has a calibrated threshold
+        out["threshold"] = threshold
         out["below_threshold"] = bool(row["cas"] < threshold) if known else None
         return out
 
