@@ -112,12 +112,13 @@ def cas_calibrate(
     overwrite: Annotated[bool, typer.Option(help="replace --out if it exists")] = False,
 ) -> None:
     """Compute per-label real-image CAS thresholds and the realism reference."""
-    from craft_ray.cas import calibrate
     from craft_ray.outputs import check_output
 
     if not 0.0 < q < 1.0:
         raise CraftError(f"--q must be in (0, 1), got {q}")
-    check_output(out, overwrite)
+    check_output(out, overwrite)  # before importing the models: a wrong --out fails at once
+    from craft_ray.cas import calibrate
+
     _check_split(data, [split])
     spec = _evaluator_spec(data, config, vlm, mllm, weights, labels, checklists)
     with progress_bar("calibrating CAS") as update:
@@ -181,17 +182,19 @@ def cas_score(
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    from craft_ray.outputs import atomic_file, check_output, same_path
+
+    tail_path = out.with_suffix(".tail.json")
+    for path in (out, tail_path):  # before importing the models: a wrong --out fails at once
+        if same_path(path, thresholds):
+            raise CraftError(f"--out would overwrite the calibration {thresholds}; choose another --out")
+        check_output(path, overwrite)
+
     from craft_ray.cas import Calibration, score_images, tail_report
     from craft_ray.cas.tail import image_threshold
     from craft_ray.data import read_manifest
     from craft_ray.data.folder import resolve_images
-    from craft_ray.outputs import atomic_file, check_output, same_path
 
-    tail_path = out.with_suffix(".tail.json")
-    for path in (out, tail_path):
-        if same_path(path, thresholds):
-            raise CraftError(f"--out would overwrite the calibration {thresholds}; choose another --out")
-        check_output(path, overwrite)
     calibration = Calibration.load(thresholds)
     images = resolve_images(images, calibration.evaluator.dataset)
     manifest = read_manifest(images)
