@@ -24,6 +24,7 @@ from craft_ray.cli import (
     query,
     report,
     study,
+    sweep,
     train,
 )
 from craft_ray.cli.common import err_console
@@ -44,6 +45,7 @@ app.command("demo")(demo.demo)
 app.command("generate")(generate.generate)
 app.command("evaluate")(evaluate.evaluate)
 app.command("report")(report.report)
+app.command("sweep")(sweep.sweep)
 
 
 def main() -> None:

@@ -124,7 +124,8 @@ def run_training(
     history = read_metrics(run_uri) if resume else []
 
     ensure_ray()
-    queue = Queue() if on_report is not None else None
+    # num_cpus=0: the queue must fit wherever the caller runs (a Tune trial's placement group holds few CPUs)
+    queue = Queue(actor_options={"num_cpus": 0}) if on_report is not None else None
     scaling = cfg.scaling
     resources = {
         "CPU": scaling.cpus_per_worker,
