@@ -33,8 +33,9 @@ def experiment_path(spec: SweepSpec, spec_path: Path, dataset: str, method: str,
     )
 
 
-def fixed_overrides(spec: SweepSpec, dataset: str) -> dict[str, Any]:
-    """What every trial of a dataset sets: the spec's overrides and its resources per trial."""
+def fixed_overrides(spec: SweepSpec, dataset: str, method: str) -> dict[str, Any]:
+    """What every trial of a dataset x method sets: the spec's overrides (general, per dataset, per
+    method) and its resources per trial."""
     res = spec.resources
     resources = {
         "scaling.workers": res.workers,
@@ -44,6 +45,7 @@ def fixed_overrides(spec: SweepSpec, dataset: str) -> dict[str, Any]:
     return {
         **spec.overrides,
         **spec.dataset_overrides.get(dataset, {}),
+        **spec.method(method).overrides,
         **{k: v for k, v in resources.items() if v is not None},
     }
 
@@ -62,7 +64,7 @@ def check_space_values(spec: SweepSpec, spec_path: Path, bases: dict[tuple[str, 
             for (dataset, method), path in bases.items():
                 _load(
                     path,
-                    {**fixed_overrides(spec, dataset), key: value},
+                    {**fixed_overrides(spec, dataset, method), key: value},
                     f"{spec_path}: space.{key}: {value!r} is not valid for {dataset}/{method}",
                 )
 
@@ -93,7 +95,7 @@ def plan_sweep(spec: SweepSpec, spec_path: str | Path, sweep_uri: str, with_data
     runs_uri = f"{sweep_uri.rstrip('/')}/{RUNS}"
     for dataset in spec.datasets:
         for entry in spec.methods:
-            path, fixed = bases[(dataset, entry.name)], fixed_overrides(spec, dataset)
+            path, fixed = bases[(dataset, entry.name)], fixed_overrides(spec, dataset, entry.name)
             base = _load(path, fixed, f"{spec_path}: {dataset}/{entry.name}")
             if base.dataset.name != dataset:
                 raise ConfigError(

@@ -89,6 +89,10 @@ class MethodEntry(_Strict):
         "sets them instead of sweeping them (e.g. training.denoise_weight for craft_no_lambda)",
     )
 
+    overrides: dict[str, Any] = Field(
+        default_factory=dict, description="dotted config keys set for this method only (after the spec's)"
+    )
+
     def keeps(self, key: str) -> bool:
         return any(key == k or key.startswith(k + ".") for k in self.keep)
 
@@ -238,12 +242,8 @@ def placeholders(data: Any, where: str = "") -> list[tuple[str, str]]:
 
 
 def placeholder_error(source: str, found: list[tuple[str, str]]) -> ConfigError:
-    return ConfigError(
-        "; ".join(
-            f"{source}: {field}: placeholder {value} must be replaced with a real value"
-            for field, value in found
-        )
-    )
+    fields = "; ".join(f"{field}: {value}" for field, value in found)
+    return ConfigError(f"{source}: replace the {len(found)} placeholder value(s) with real ones first ({fields})")
 
 
 def read_spec_yaml(path: str | Path) -> dict[str, Any]:
