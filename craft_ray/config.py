@@ -71,9 +71,14 @@ class DatasetConfig(_Strict):
 
 
 class ModelConfig(_Strict):
-    base: str = Field("tiny", description="'tiny' | 'small' (built in code) | local path | hub id")
+    base: str = Field(
+        "tiny", description="'tiny' | 'small' (built in code) | 'phantom' (shipped) | local path | hub id"
+    )
     revision: str | None = None
-    vlm: str = Field("tiny", description="CLIP-family scorer: 'tiny' | path | hub id | 'open_clip:<name>'")
+    vlm: str = Field(
+        "tiny",
+        description="CLIP-family scorer: 'tiny' | 'phantom' (shipped, the dataset's modality) | path | hub id | 'open_clip:<name>'",
+    )
     mllm: str | None = Field(
         None, description="VQA scorer for evaluation: None | 'tiny' | path | http(s):// OpenAI-compatible URL"
     )
@@ -107,7 +112,14 @@ class RewardConfig(_Strict):
     weights: CASWeights = Field(default_factory=CASWeights)
     use_checklists: bool = Field(True, description="ablation switch: False drops checklist and anatomy dims")
     calibration: str | None = Field(
-        None, description="calibration JSON (craft cas calibrate): realism reference"
+        None,
+        description="calibration JSON (craft cas calibrate): realism reference; must be made with the "
+        "same dataset, VLM and labels",
+    )
+    checklists: list[str] = Field(
+        default_factory=list,
+        description="overlay checklist YAML files (e.g. MLLM-written) layered on the static base, "
+        "as `craft cas --checklists`",
     )
 
     def effective_weights(self) -> dict[str, float]:
@@ -161,7 +173,7 @@ class TrainingConfig(_Strict):
     )
     gradient_checkpointing: bool = True
     mixed_precision: Literal["auto", "no", "bf16"] = Field(
-        "auto", description="auto = bf16 on GPU, fp32 on CPU"
+        "auto", description="auto = bf16 autocast on GPU, fp32 on CPU; bf16 = bf16 autocast on CPU too"
     )
     checkpoint_every: int = Field(50, ge=1)
     report_every: int = Field(
@@ -171,7 +183,15 @@ class TrainingConfig(_Strict):
         "every step's metrics still reach metrics.jsonl",
     )
     keep_checkpoints: int = Field(3, ge=1)
-    max_nonfinite_steps: int = Field(5, ge=1, description="stop after this many non-finite steps in a row")
+    max_nonfinite_steps: int = Field(
+        5, ge=1, description="stop after more than this many non-finite updates in a row"
+    )
+    max_error_steps: int = Field(
+        20,
+        ge=1,
+        description="stop after more than this many updates in a row skipped for errors (e.g. an MLLM "
+        "endpoint still down after its retries); counted apart from non-finite ones",
+    )
     max_failures: int = Field(3, ge=0, description="worker-group restarts Ray Train may make")
 
     @model_validator(mode="after")
@@ -218,6 +238,14 @@ class DebugConfig(_Strict):
     nonfinite_steps: list[int] = Field(
         default_factory=list, description="steps whose loss rank 0 turns into NaN"
     )
+    raise_in_plan_steps: list[int] = Field(
+        default_factory=list, description="steps at which rank `raise_rank` fails in plan (endpoint error)"
+    )
+    raise_in_loss_steps: list[int] = Field(
+        default_factory=list,
+        description="steps at which rank `raise_rank` fails in its first micro-batch (endpoint error)",
+    )
+    raise_rank: int = Field(0, ge=0)
 
 
 class StageResources(_Strict):
@@ -303,6 +331,24 @@ class ExperimentConfig(_Strict):
     debug: DebugConfig = Field(default_factory=DebugConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _phantom_vlm(cls, data: Any) -> Any:
+        """`model.vlm: phantom` names the shipped VLM of the dataset's modality: `phantom:<modality>`."""
+        model, dataset = (data.get(k) if isinstance(data, dict) else None for k in ("model", "dataset"))
+        if not (isinstance(model, dict) and isinstance(dataset, dict) and dataset.get("name") in DATASETS):
+            return data
+        modality = DATASETS[dataset["name"]].modality
+        vlm = model.get("vlm")
+        if vlm == "phantom":
+            return {**data, "model": {**model, "vlm": f"phantom:{modality}"}}
+        if isinstance(vlm, str) and vlm.startswith("phantom:") and vlm != f"phantom:{modality}":
+            raise ValueError(
+                f"model.vlm {vlm!r} is not of dataset {dataset['name']!r}'s modality {modality!r} "
+                f"(use 'phantom' or 'phantom:{modality}')"
+            )
+        return data
+
     @model_validator(mode="after")
     def _check(self) -> ExperimentConfig:
         trained_steps = (
@@ -317,6 +363,11 @@ class ExperimentConfig(_Strict):
         if self.debug.fail_at_step is not None and self.debug.fail_rank >= self.scaling.workers:
             raise ValueError(
                 f"debug.fail_rank={self.debug.fail_rank} but scaling.workers={self.scaling.workers}"
+            )
+        raises = self.debug.raise_in_plan_steps or self.debug.raise_in_loss_steps
+        if raises and self.debug.raise_rank >= self.scaling.workers:
+            raise ValueError(
+                f"debug.raise_rank={self.debug.raise_rank} but scaling.workers={self.scaling.workers}"
             )
         return self
 
@@ -340,9 +391,10 @@ class ExperimentConfig(_Strict):
             return path if path is None or "://" in path else str(Path(path).expanduser().resolve())
 
         def local_model(spec: str | None) -> str | None:
+            shipped = spec is not None and (spec == "phantom" or spec.startswith("phantom:"))
             return (
-                absolute(spec) if spec is not None and Path(spec).exists() else spec
-            )  # presets and hub ids stay
+                absolute(spec) if spec is not None and not shipped and Path(spec).exists() else spec
+            )  # presets, shipped phantom models and hub ids stay
 
         data = self.model_dump()
         for key in ("base", "vlm", "mllm"):
@@ -353,6 +405,7 @@ class ExperimentConfig(_Strict):
         data["reward"]["calibration"] = absolute(self.reward.calibration)
         data["evaluation"]["calibration"] = absolute(self.evaluation.calibration)
         data["evaluation"]["classifier"] = local_model(self.evaluation.classifier)
+        data["reward"]["checklists"] = [absolute(path) for path in self.reward.checklists]
         data["storage"]["path"] = self.storage_uri()
         return ExperimentConfig.model_validate(data)
 

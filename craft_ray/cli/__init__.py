@@ -20,6 +20,7 @@ from craft_ray.cli import (
     demo,
     evaluate,
     generate,
+    pretrain,
     prompts,
     query,
     report,
@@ -33,6 +34,25 @@ from craft_ray.errors import CraftError
 app = typer.Typer(
     help="CRAFT: clinical reward-aligned fine-tuning of diffusion models, on Ray.", no_args_is_help=True
 )
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        typer.echo(f"craft-ray {version('craft-ray')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="print the version and exit"
+    ),
+) -> None:
+    """CRAFT: clinical reward-aligned fine-tuning of diffusion models, on Ray."""
+
+
 app.add_typer(data.app, name="data")
 app.add_typer(config.app, name="config")
 app.add_typer(cas.app, name="cas")
@@ -40,6 +60,7 @@ app.add_typer(study.app, name="study")
 app.add_typer(checklists.app, name="checklists")
 app.add_typer(prompts.app, name="prompts")
 app.add_typer(query.app, name="query")
+app.add_typer(pretrain.app, name="pretrain")
 app.command("train")(train.train)
 app.command("demo")(demo.demo)
 app.command("generate")(generate.generate)
@@ -52,7 +73,7 @@ def main() -> None:
     """Exit 2 with one line for errors the user can fix (CraftError); exit 1 with one line for
     internal failures, the traceback going to a log file (or where the exception says it went)."""
     try:
-        app()
+        app()  # typer reports a bad option value itself: exit 2, the message, no traceback
     except CraftError as exc:
         err_console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
         sys.exit(2)

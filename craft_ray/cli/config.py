@@ -7,24 +7,35 @@ from typing import Annotated
 
 import typer
 
-from craft_ray.cli.common import console
+from craft_ray.cli.common import console, err_console
+from craft_ray.errors import ConfigError
 
 app = typer.Typer(help="Check experiment configs.", no_args_is_help=True)
 
 
 @app.command("validate")
 def config_validate(files: Annotated[list[Path], typer.Argument(help="experiment YAML file(s)")]) -> None:
-    """Check experiment YAMLs (or sweep specs) against the typed config; exit status 2 on the first
-    invalid one."""
+    """Check experiment YAMLs (or sweep specs) against the typed config: every file is checked and
+    reported; exit status 2 if any is invalid."""
     from craft_ray.config import load_config
     from craft_ray.tune.spec import is_sweep_spec
 
+    invalid = 0
     for path in files:
-        if is_sweep_spec(path):
-            validate_sweep_spec(path)
+        try:
+            if is_sweep_spec(path):
+                validate_sweep_spec(path)
+                continue
+            cfg = load_config(path)
+        except ConfigError as exc:
+            invalid += 1
+            err_console.print(f"[red]invalid[/red] {exc}", highlight=False, soft_wrap=True)
             continue
-        cfg = load_config(path)
-        console.print(f"[green]ok[/green] {path}: {cfg.name} ({cfg.dataset.name}, {cfg.method})")
+        console.print(
+            f"[green]ok[/green] {path}: {cfg.name} ({cfg.dataset.name}, {cfg.method})", soft_wrap=True
+        )
+    if invalid:
+        raise ConfigError(f"{invalid} of {len(files)} config file(s) invalid")
 
 
 def validate_sweep_spec(path: Path) -> None:
@@ -36,5 +47,6 @@ def validate_sweep_spec(path: Path) -> None:
     plan = plan_sweep(spec, path, "<sweep>", with_data=False)
     console.print(
         f"[green]ok[/green] {path}: sweep {spec.name}: {len(plan.trials)} trials "
-        f"({len(spec.datasets)} datasets x {len(spec.methods)} methods)"
+        f"({len(spec.datasets)} datasets x {len(spec.methods)} methods)",
+        soft_wrap=True,
     )

@@ -17,6 +17,7 @@ from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNe
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from craft_ray.errors import ModelError
+from craft_ray.models.phantom import is_phantom, phantom_diffusion_dir
 from craft_ray.models.tokenizer import text_config_ids, tiny_clip_tokenizer
 
 # Sizes of the in-code presets. "tiny": tests and the offline default (a few hundred k
@@ -163,10 +164,14 @@ def _build_preset(name: str, seed: int = 0) -> DiffusionComponents:
 def build_diffusion(
     base: str, revision: str | None = None, dtype: torch.dtype = torch.float32
 ) -> DiffusionComponents:
-    """A preset name ('tiny', 'small') or a diffusers SD-1.x pipeline path / hub id."""
+    """A preset name ('tiny', 'small'), 'phantom' (the shipped base trained on phantoms of all four
+    modalities) or a diffusers SD-1.x pipeline path / hub id."""
     if base in PRESETS:
         components = _build_preset(base)
         return components if dtype == torch.float32 else components.to("cpu", dtype)
+    name = base
+    if is_phantom(base):
+        base, revision = str(phantom_diffusion_dir(base)), None
     kwargs = {"revision": revision, "torch_dtype": dtype}
     try:
         unet = UNet2DConditionModel.from_pretrained(base, subfolder="unet", **kwargs)
@@ -177,7 +182,7 @@ def build_diffusion(
     except (OSError, ValueError) as exc:
         hint = "" if Path(base).exists() else f" (not a preset: {', '.join(PRESETS)}; not a local path)"
         raise ModelError(f"cannot load diffusion model {base!r}{hint}: {exc}") from None
-    return DiffusionComponents(unet, vae, text_encoder, tokenizer, scheduler, source=base)
+    return DiffusionComponents(unet, vae, text_encoder, tokenizer, scheduler, source=name)
 
 
 def save_diffusion(components: DiffusionComponents, path: str | Path) -> None:

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
 
 from craft_ray.errors import ModelError
+from craft_ray.models.phantom import is_phantom, phantom_vlm_dir
 from craft_ray.models.tokenizer import text_config_ids, tiny_clip_tokenizer
 
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -190,19 +191,21 @@ def _open_clip(name: str) -> VLMScorer:
 
 
 def build_vlm(spec: str) -> VLMScorer:
-    """'tiny' | 'small' (random, seeded, built in code) | a CLIPModel path or hub id | 'open_clip:<name>'."""
+    """'tiny' | 'small' (random, seeded, built in code) | 'phantom:<modality>' (shipped, trained on
+    phantoms) | a CLIPModel path or hub id | 'open_clip:<name>'."""
     if spec in VLM_PRESETS:
         return _tiny_clip(spec)
     if spec.startswith("open_clip:"):
         return _open_clip(spec.removeprefix("open_clip:"))
+    name, source = spec, str(phantom_vlm_dir(spec)) if is_phantom(spec) else spec
     try:
         from transformers import AutoImageProcessor
 
-        model = CLIPModel.from_pretrained(spec)
-        tokenizer = CLIPTokenizer.from_pretrained(spec)
-        processor = AutoImageProcessor.from_pretrained(spec)
+        model = CLIPModel.from_pretrained(source)
+        tokenizer = CLIPTokenizer.from_pretrained(source)
+        processor = AutoImageProcessor.from_pretrained(source)
     except (OSError, ValueError) as exc:
         raise ModelError(f"cannot load VLM {spec!r} (presets: {', '.join(VLM_PRESETS)}): {exc}") from None
     mean = getattr(processor, "image_mean", None) or OPENAI_CLIP_MEAN
     std = getattr(processor, "image_std", None) or OPENAI_CLIP_STD
-    return _from_clip(model, tokenizer, mean, std, spec)
+    return _from_clip(model.eval(), tokenizer, mean, std, name)

@@ -1,0 +1,87 @@
+"""Model cards of the shipped phantom models: `card.json` (machine-readable) and `README.md`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from craft_ray.pretrain.gates import GATE_SEED
+
+SEED_PLAN = {
+    "demo data (craft demo, experiments)": 0,
+    "phantom diffusion base training": 100,
+    "phantom VLM training (reward model)": 200,
+    "phantom VLM negatives of other modalities": 201,
+    "out-of-family classifier (evaluator, issue 9)": "its own seed, disjoint from the above",
+    "held-out gates of every shipped model": GATE_SEED,
+}
+
+WRONG_LABELS = (
+    "A wrong label set is the hardest plausible mistake: single-label datasets, another class of the "
+    "phantom label space (uniform); CheXpert (multi-label), the true set with one phantom label flipped "
+    "(uniform among the findings and devices), 'No Finding' then set consistently."
+)
+
+
+def write_card(directory: Path, kind: str, config: dict, record: dict, gate: dict, command: str) -> None:
+    card: dict[str, Any] = {
+        "kind": kind,
+        "config": config,
+        "training": record,
+        "gate": gate,
+        "command": command,
+        "seed_plan": SEED_PLAN,
+    }
+    if kind == "vlm":
+        card["wrong_label_set"] = WRONG_LABELS
+    (directory / "card.json").write_text(json.dumps(card, indent=1) + "\n")
+    (directory / "README.md").write_text(_markdown(card))
+
+
+def read_card(directory: Path) -> dict:
+    return json.loads((directory / "card.json").read_text())
+
+
+def _markdown(card: dict) -> str:
+    cfg, rec, gate = card["config"], card["training"], card["gate"]
+    title = f"phantom:{cfg['modality']}" if card["kind"] == "vlm" else "phantom (diffusion base)"
+    lines = [
+        f"# {title}",
+        "",
+        f"Regenerate (deterministic where torch allows): `{card['command']}`",
+        "",
+        "## Data",
+        "",
+        *(f"- {k}: {v}" for k, v in cfg.items() if k != "arch"),
+        "",
+        "## Architecture",
+        "",
+        "```json",
+        json.dumps(cfg.get("arch", {}), indent=1),
+        "```",
+        "",
+        "## Training",
+        "",
+        f"- wall time: {rec['wall_time_s']} s on {rec['machine']} ({rec['torch_threads']} torch threads)",
+        "",
+        "## Held-out gate",
+        "",
+        "```json",
+        json.dumps(gate, indent=1),
+        "```",
+        "",
+    ]
+    if "wrong_label_set" in card:
+        lines += ["## Wrong label sets", "", card["wrong_label_set"], ""]
+    lines += ["## Seed plan", "", *(f"- {k}: {v}" for k, v in card["seed_plan"].items()), ""]
+    return "\n".join(lines)
+
+
+def update_gate(directory: Path, gate: dict) -> None:
+    """Re-gate a model (e.g. after the gate's rule improved) without retraining: the card keeps
+    its data, training record and command; only the gate section changes."""
+    card = read_card(directory)
+    card["gate"] = gate
+    (directory / "card.json").write_text(json.dumps(card, indent=1) + "\n")
+    (directory / "README.md").write_text(_markdown(card))
