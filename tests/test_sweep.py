@@ -4,7 +4,6 @@ result tables, its best.yaml trained; ASHA per dataset x method on a constructed
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -34,7 +33,12 @@ def reduced_smoke_spec(tmp_path: Path, data: Path) -> Path:
         max_concurrent_trials=1,
     )
     spec["overrides"].update(
-        {"dataset.resolution": 16, "training.steps": 2, "training.sampler_steps": 2, "training.checkpoint_every": 1}
+        {
+            "dataset.resolution": 16,
+            "training.steps": 2,
+            "training.sampler_steps": 2,
+            "training.checkpoint_every": 1,
+        }
     )
     spec["validation"].update(n_per_label=2, every=None)
     path = tmp_path / "smoke.yaml"
@@ -91,7 +95,9 @@ def test_smoke_sweep_killed_and_resumed_then_best_config_trains(ray_local, phant
     best_yaml = sweep / "best" / "chexpert.yaml"
     assert f"{best['trial']}:" in best_yaml.read_text()
     check = subprocess.run(
-        [sys.executable, "-m", "craft_ray.cli", "config", "validate", str(best_yaml)], capture_output=True, text=True
+        [sys.executable, "-m", "craft_ray.cli", "config", "validate", str(best_yaml)],
+        capture_output=True,
+        text=True,
     )
     assert check.returncode == 0, check.stderr
     cfg = load_config(best_yaml, {"training.steps": 1, "storage.path": str(tmp_path / "best-runs")})
@@ -102,13 +108,25 @@ def test_smoke_sweep_killed_and_resumed_then_best_config_trains(ray_local, phant
     assert Path(summary.final_uri, "model.json").is_file()
 
     report = subprocess.run(
-        [sys.executable, "-m", "craft_ray.cli", "report", "--sweep", str(sweep), "--out", str(tmp_path / "rep")],
+        [
+            sys.executable,
+            "-m",
+            "craft_ray.cli",
+            "report",
+            "--sweep",
+            str(sweep),
+            "--out",
+            str(tmp_path / "rep"),
+        ],
         capture_output=True,
         text=True,
     )
     assert report.returncode == 0, report.stderr
     text = (tmp_path / "rep" / "report.md").read_text()
-    assert best["trial"] in text and (tmp_path / "rep" / "figures" / "sweep_chexpert_craft.png").stat().st_size > 0
+    assert (
+        best["trial"] in text
+        and (tmp_path / "rep" / "figures" / "sweep_chexpert_craft.png").stat().st_size > 0
+    )
 
 
 def test_asha_stops_the_worse_trial_of_a_group_only(ray_local, tmp_path):
@@ -129,7 +147,9 @@ def test_asha_stops_the_worse_trial_of_a_group_only(ray_local, tmp_path):
     )
     values = {"good": 0.9, "bad": 0.1, "other-dataset": 0.05}  # run in this order
     groups = {"good": "chexpert/craft", "bad": "chexpert/craft", "other-dataset": "isic/craft"}
-    plan = SweepPlan([TrialPlan(n, g.split("/")[0], "craft", {}, None, [1, 2, 3, 4]) for n, g in groups.items()])
+    plan = SweepPlan(
+        [TrialPlan(n, g.split("/")[0], "craft", {}, None, [1, 2, 3, 4]) for n, g in groups.items()]
+    )
 
     def trainable(config):
         for step in (1, 2, 3, 4):

@@ -14,6 +14,8 @@ from craft_ray.cli.common import console, err_console
 
 
 def print_best(result) -> None:
+    if not any(not best.per_method for best in result.best):
+        return  # no trial has finished yet
     metric = next(c for c in result.table.column_names if c.startswith("final_"))
     table = Table(title=f"best trial per dataset ({metric.removeprefix('final_')})", title_justify="left")
     for col in ("dataset", "method", "trial", "value", "config"):
@@ -43,7 +45,7 @@ def sweep(
     from craft_ray.tune import run_sweep
 
     def say(text: str) -> None:
-        err_console.print(escape(text), highlight=False)
+        err_console.print(escape(text), highlight=False, soft_wrap=True)
 
     result = run_sweep(spec, storage, resume, address, say=say, console=err_console)
     counts: dict[str, int] = {}

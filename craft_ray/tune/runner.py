@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,6 +54,7 @@ class SweepResult:
     plan: SweepPlan
     restored: bool
     unfinished: list[str] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)  # seconds: plan, calibrate, tune, results
 
 
 def identity(spec: SweepSpec, plan: SweepPlan) -> dict[str, Any]:
@@ -181,6 +183,14 @@ def run_sweep(
     """Run the sweep of `spec_path` (or continue it); returns where the results are."""
     from craft_ray.raycluster import ensure_ray
 
+    clock = [time.perf_counter()]
+    timings: dict[str, float] = {}
+
+    def lap(phase: str) -> None:
+        now = time.perf_counter()
+        timings[phase] = now - clock[0]
+        clock[0] = now
+
     spec = load_spec(spec_path)
     sweep_uri = store.absolute_uri(store.join(storage or spec.storage, spec.name))
     plan = plan_sweep(spec, spec_path, sweep_uri)
@@ -189,6 +199,7 @@ def run_sweep(
     ident = identity(spec, plan)
     existing = check_sweep_dir(sweep_uri, ident, resume)
     say(ensure_ray(address))
+    lap("plan")
     if not existing:
         trials = [{"name": t.name, **t.tune_config(), "rungs": t.rungs} for t in plan.trials]
         store.write_json(store.join(sweep_uri, STATE), {"identity": ident, "trials": trials})
@@ -200,11 +211,14 @@ def run_sweep(
         calibrations(spec, plan, sweep_uri, say),
         spec.validation.model_dump(),
     )
+    lap("calibrate")
     tuner, restored = make_tuner(spec, plan, sweep_uri, context, console, say)
     with contextlib.redirect_stdout(sys.stderr):  # Tune's banner: stdout is for the results
         tuner.fit()
+    lap("tune")
     table = results_table(spec, plan, sweep_uri, tune_states(sweep_uri))
     results_uri = write_results(table, sweep_uri)
     best = write_best(spec, plan, table, sweep_uri)
     unfinished = [r["trial"] for r in table.to_pylist() if r["status"] == "pending"]
-    return SweepResult(sweep_uri, results_uri, table, best, plan, restored, unfinished)
+    lap("results")
+    return SweepResult(sweep_uri, results_uri, table, best, plan, restored, unfinished, timings)

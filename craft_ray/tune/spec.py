@@ -243,7 +243,9 @@ def placeholders(data: Any, where: str = "") -> list[tuple[str, str]]:
 
 def placeholder_error(source: str, found: list[tuple[str, str]]) -> ConfigError:
     fields = "; ".join(f"{field}: {value}" for field, value in found)
-    return ConfigError(f"{source}: replace the {len(found)} placeholder value(s) with real ones first ({fields})")
+    return ConfigError(
+        f"{source}: replace the {len(found)} placeholder value(s) with real ones first ({fields})"
+    )
 
 
 def read_spec_yaml(path: str | Path) -> dict[str, Any]:
