@@ -4,6 +4,7 @@ result tables, its best.yaml trained; ASHA per dataset x method on a constructed
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -57,15 +58,16 @@ def test_smoke_sweep_killed_and_resumed_then_best_config_trains(ray_local, phant
     spec = reduced_smoke_spec(tmp_path, phantom_root / "chest")
     sweep = tmp_path / "sweeps" / "smoke"
     args = [sys.executable, "-m", "craft_ray.cli", "sweep", "--spec", str(spec)]
-    first = sweep / "validation" / "chexpert-craft-pathology1.0"
-    driver = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    log = tmp_path / "first-driver.log"  # a file, not a pipe: nobody reads a pipe while we wait
+    with log.open("w") as out:
+        driver = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 480
     while not list(sweep.glob("validation/chexpert-craft-pathology1*/step_000002.json")):
-        assert driver.poll() is None, driver.communicate()[1][-3000:]
+        assert driver.poll() is None, log.read_text()[-3000:]
         assert time.time() < deadline, "the first trial did not finish in time"
         time.sleep(0.5)
     driver.send_signal(signal.SIGKILL)  # the driver dies without any clean-up
-    driver.communicate()
+    driver.wait()
     first = next(sweep.glob("validation/chexpert-craft-pathology1*")).name
     done_before = metric_lines(sweep / "runs" / first)
     assert [r["step"] for r in done_before] == [1.0, 2.0]
@@ -106,6 +108,11 @@ def test_smoke_sweep_killed_and_resumed_then_best_config_trains(ray_local, phant
         assert cfg.reward.weights.pathology == best["reward.weights.pathology"]
     summary = run_training(cfg)
     assert Path(summary.final_uri, "model.json").is_file()
+    # a driver killed after the last checkpoint but before the export: resuming has nothing left
+    # to train and exports the newest checkpoint (a restored sweep trial takes this path)
+    shutil.rmtree(summary.final_uri)
+    again = run_training(cfg, resume=True)
+    assert json.loads(Path(again.final_uri, "model.json").read_text())["step"] == 1
 
     report = subprocess.run(
         [

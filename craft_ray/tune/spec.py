@@ -226,8 +226,8 @@ def _format(source: str, exc: ValidationError) -> str:
             msg = "unknown key"
         elif err["type"] == "missing":
             msg = "required field is missing"
-        lines.append(f"{source}: {loc or '<root>'}: {msg}")
-    return "\n".join(lines)
+        lines.append(f"{loc or '<root>'}: {msg}")
+    return f"{source}: " + "; ".join(lines)  # one line, every problem
 
 
 def placeholders(data: Any, where: str = "") -> list[tuple[str, str]]:
@@ -255,7 +255,7 @@ def read_spec_yaml(path: str | Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        raise ConfigError(f"{path}: not valid YAML: {' '.join(str(exc).split())}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
     return data
