@@ -10,7 +10,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from craft_ray.cli.common import console, err_console
+from craft_ray.cli.common import ADDRESS_HELP, console, err_console
 
 
 def print_best(result) -> None:
@@ -35,9 +35,7 @@ def sweep(
         bool,
         typer.Option(help="require an existing sweep to continue (the same command continues one anyway)"),
     ] = False,
-    address: Annotated[
-        str | None, typer.Option(help="Ray cluster address (default: RAY_ADDRESS, else a local cluster)")
-    ] = None,
+    address: Annotated[str | None, typer.Option(help=ADDRESS_HELP)] = None,
 ) -> None:
     """Run a sweep with Ray Tune: each trial trains its own run in rungs and is validated on the
     val split after each (ASHA stops the weak ones); writes SWEEP_DIR/results.parquet and

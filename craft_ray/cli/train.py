@@ -10,7 +10,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from craft_ray.cli.common import console, err_console
+from craft_ray.cli.common import ADDRESS_HELP, console, err_console, join_ray
 
 
 def train(
@@ -27,6 +27,7 @@ def train(
     ] = None,
     steps: Annotated[int | None, typer.Option(help="total optimiser steps (training.steps)")] = None,
     resume: Annotated[bool, typer.Option(help="continue an existing run from its latest checkpoint")] = False,
+    address: Annotated[str | None, typer.Option(help=ADDRESS_HELP)] = None,
 ) -> None:
     """Train one experiment with Ray Train on the current Ray cluster (a local one if none)."""
     from craft_ray.config import load_config
@@ -40,6 +41,7 @@ def train(
         "training.steps": steps,
     }
     cfg = load_config(config, {k: v for k, v in overrides.items() if v is not None})
+    join_ray(address)
     total = cfg.training.steps
     with Progress(
         TextColumn("[bold]{task.description}"),
