@@ -10,7 +10,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from craft_ray.cli.common import ADDRESS_HELP, console, err_console, join_ray
+from craft_ray.cli.common import ADDRESS_HELP, console, err_console
 
 
 def train(
@@ -41,7 +41,6 @@ def train(
         "training.steps": steps,
     }
     cfg = load_config(config, {k: v for k, v in overrides.items() if v is not None})
-    join_ray(address)
     total = cfg.training.steps
     with Progress(
         TextColumn("[bold]{task.description}"),
@@ -65,7 +64,13 @@ def train(
                 shown.append(f"skipped={metrics['skipped_steps']:.0f}")
             progress.update(task, completed=metrics.get("step", 0), info=" ".join(shown))
 
-        summary = run_training(cfg, resume=resume, on_report=on_report)
+        summary = run_training(
+            cfg,
+            resume=resume,
+            on_report=on_report,
+            address=address,
+            say=lambda text: progress.console.print(escape(text), highlight=False, soft_wrap=True),
+        )
     table = Table(
         title=escape(
             f"run {cfg.run_name} [{cfg.method}, {cfg.dataset.name}, {cfg.scaling.workers} worker(s)]"

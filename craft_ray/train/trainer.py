@@ -187,7 +187,11 @@ def run_training(
     cfg: ExperimentConfig,
     resume: bool = False,
     on_report: Callable[[dict[str, Any]], None] | None = None,
+    address: str | None = None,
+    say: Callable[[str], None] | None = None,
 ) -> TrainingSummary:
+    """Train (or resume) `cfg` with Ray Train on the cluster at `address` (ensure_ray's rules);
+    `say` hears which cluster that is, after the run's checks passed."""
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -207,7 +211,9 @@ def run_training(
     preflight(cfg)
     history = read_metrics(run_uri) if resume else []
 
-    ensure_ray()
+    joined = ensure_ray(address)
+    if say is not None:
+        say(joined)
     # num_cpus=0: the queue must fit wherever the caller runs (a Tune trial's placement group holds few CPUs)
     queue = Queue(actor_options={"num_cpus": 0}) if on_report is not None else None
     scaling = cfg.scaling
