@@ -39,7 +39,8 @@ def sweep(
 ) -> None:
     """Run a sweep with Ray Tune: each trial trains its own run in rungs and is validated on the
     val split after each (ASHA stops the weak ones); writes SWEEP_DIR/results.parquet and
-    SWEEP_DIR/best/<dataset>.yaml. Running the same command again continues an interrupted sweep."""
+    SWEEP_DIR/best/<dataset>.yaml. Running the same command again continues an interrupted sweep
+    and retries failed trials. Exit status: 0 all trials done, 1 some failed, 130 interrupted."""
     from craft_ray.tune import run_sweep
 
     def say(text: str) -> None:
@@ -54,6 +55,17 @@ def sweep(
         f"sweep directory: {result.sweep_uri}\nresults: {result.results_uri} "
         f"({', '.join(f'{n} {s}' for s, n in sorted(counts.items()))})"
     )
+    failed = [r for r in result.table.to_pylist() if r["status"] == "error"]
+    for row in failed:
+        err_console.print(
+            f"[red]trial {row['trial']} failed[/red]: {escape(row['error'] or '')}", soft_wrap=True
+        )
+    if failed and not result.unfinished:
+        err_console.print(
+            f"{len(failed)} trial(s) failed (tracebacks: {result.sweep_uri}/tune/<trial>/error.txt): "
+            "run the same command again to retry them"
+        )
+        sys.exit(1)
     if result.unfinished:
         err_console.print(
             f"[yellow]{len(result.unfinished)} trial(s) unfinished[/yellow]: run the same command again to continue"
