@@ -52,7 +52,9 @@ def metric_lines(run: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
-def test_smoke_sweep_killed_and_resumed_then_best_config_trains(ray_local, phantom_root, tmp_path):
+def test_smoke_sweep_killed_and_resumed_then_best_config_trains(
+    ray_local, phantom_root, tmp_path, craft_in_process
+):
     from craft_ray.train.trainer import run_training
 
     spec = reduced_smoke_spec(tmp_path, phantom_root / "chest")
@@ -96,11 +98,7 @@ def test_smoke_sweep_killed_and_resumed_then_best_config_trains(ray_local, phant
     best = max(table, key=lambda r: (r["final_val_cas"], r["trial"] == min(rows)))
     best_yaml = sweep / "best" / "chexpert.yaml"
     assert f"{best['trial']}:" in best_yaml.read_text()
-    check = subprocess.run(
-        [sys.executable, "-m", "craft_ray.cli", "config", "validate", str(best_yaml)],
-        capture_output=True,
-        text=True,
-    )
+    check = craft_in_process("config", "validate", str(best_yaml))
     assert check.returncode == 0, check.stderr
     cfg = load_config(best_yaml, {"training.steps": 1, "storage.path": str(tmp_path / "best-runs")})
     assert cfg.method == best["method"] and cfg.training.sampler_steps == 2 and cfg.dataset.resolution == 16
@@ -108,26 +106,15 @@ def test_smoke_sweep_killed_and_resumed_then_best_config_trains(ray_local, phant
         assert cfg.reward.weights.pathology == best["reward.weights.pathology"]
     summary = run_training(cfg)
     assert Path(summary.final_uri, "model.json").is_file()
-    # a driver killed after the last checkpoint but before the export: resuming has nothing left
-    # to train and exports the newest checkpoint (a restored sweep trial takes this path)
+    # a driver killed after the last checkpoint was written but before Ray Train registered it (no
+    # snapshot) and before the export: resuming has nothing left to train and exports the newest
+    # checkpoint (a restored sweep trial took this path and failed)
     shutil.rmtree(summary.final_uri)
+    Path(summary.run_uri, "checkpoint_manager_snapshot.json").unlink()
     again = run_training(cfg, resume=True)
     assert json.loads(Path(again.final_uri, "model.json").read_text())["step"] == 1
 
-    report = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "craft_ray.cli",
-            "report",
-            "--sweep",
-            str(sweep),
-            "--out",
-            str(tmp_path / "rep"),
-        ],
-        capture_output=True,
-        text=True,
-    )
+    report = craft_in_process("report", "--sweep", str(sweep), "--out", str(tmp_path / "rep"))
     assert report.returncode == 0, report.stderr
     text = (tmp_path / "rep" / "report.md").read_text()
     assert (
