@@ -95,6 +95,17 @@ def test_smoke_sweep_killed_and_resumed_then_best_config_trains(
     assert not (sweep / "runs" / "chexpert-pretrained").exists()  # nothing to train: validated as it is
     assert rows[first]["checkpoint"] == str(sweep / "runs" / first / "final")
 
+    # a driver killed while Tune wrote its experiment state leaves it truncated (seen): the rerun
+    # starts every trial afresh from what the sweep stored, and a finished sweep stays as it was
+    state = max((sweep / "tune").glob("experiment_state-*.json"))
+    state.write_text(state.read_text()[:100])
+    lines_before = {n: metric_lines(sweep / "runs" / n) for n in rows if (sweep / "runs" / n).exists()}
+    third = craft_in_process("sweep", "--spec", str(spec))
+    assert third.returncode == 0, third.stderr[-3000:]
+    assert "Tune's saved state is unreadable" in third.stderr
+    assert pq.read_table(sweep / "results.parquet").to_pylist() == table
+    assert {n: metric_lines(sweep / "runs" / n) for n in lines_before} == lines_before  # nothing retrained
+
     best = max(table, key=lambda r: (r["final_val_cas"], r["trial"] == min(rows)))
     best_yaml = sweep / "best" / "chexpert.yaml"
     assert f"{best['trial']}:" in best_yaml.read_text()

@@ -134,8 +134,18 @@ def make_tuner(spec: SweepSpec, plan: SweepPlan, sweep_uri: str, context: SweepC
     )
     tune_uri = store.join(sweep_uri, TUNE_DIR)
     if tune.Tuner.can_restore(tune_uri):
-        say(f"continuing the sweep in {sweep_uri} (finished trials are kept, the others resume their runs)")
-        return tune.Tuner.restore(tune_uri, trainable, resume_errored=True), True
+        if state_readable(tune_uri):
+            say(
+                f"continuing the sweep in {sweep_uri} (finished trials are kept, the others resume their runs)"
+            )
+            return tune.Tuner.restore(tune_uri, trainable, resume_errored=True), True
+        aside = f"{tune_uri}.unreadable-{time.strftime('%Y%m%d-%H%M%S')}"
+        store.move(tune_uri, aside)
+        say(
+            f"continuing the sweep in {sweep_uri}: Tune's saved state is unreadable (the driver died while "
+            f"writing it; kept in {aside}), so every trial is started again from what the sweep stored: "
+            "validated rungs are replayed, not recomputed, and training resumes from each run's checkpoints"
+        )
     table = LiveTable(spec.metric, spec.best_mode, {t.name: t.rungs[-1] for t in plan.trials}, console)
     tuner = tune.Tuner(
         trainable,
@@ -156,6 +166,21 @@ def make_tuner(spec: SweepSpec, plan: SweepPlan, sweep_uri: str, context: SweepC
         ),
     )
     return tuner, False
+
+
+def state_readable(tune_uri: str) -> bool:
+    """Whether Tune's newest experiment state parses: a driver killed while Tune was writing it
+    leaves it truncated, and Tune would then restart the experiment without its trials."""
+    import json
+
+    states = [n for n in store.listdir(tune_uri) if n.startswith("experiment_state-") and n.endswith(".json")]
+    if not states:
+        return False
+    try:
+        json.loads(store.read_text(store.join(tune_uri, max(states))) or "")
+    except ValueError:
+        return False
+    return True
 
 
 def tune_states(sweep_uri: str) -> dict[str, tuple[str, str | None]]:

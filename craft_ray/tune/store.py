@@ -39,6 +39,12 @@ def listdir(uri: str) -> list[str]:
     return sorted(info.base_name for info in fs.get_file_info(pafs.FileSelector(path)))
 
 
+def move(uri: str, to: str) -> None:
+    """Rename a file or directory (within one filesystem)."""
+    fs, path = _fs(uri)
+    fs.move(path, _fs(to)[1])
+
+
 def read_text(uri: str) -> str | None:
     fs, path = _fs(uri)
     if fs.get_file_info(path).type != pafs.FileType.File:
