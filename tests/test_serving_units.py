@@ -186,8 +186,12 @@ def test_gpu_mllm_yaml_builds_its_vllm_app_without_a_gpu(ray_local):
 
     config = LLMConfig.model_validate(llm)
     engine = config.get_engine_config()  # rejects engine_kwargs that vLLM does not know
-    assert engine.engine_kwargs["max_model_len"] == 8192 and engine.accelerator_type == "L4"
+    assert engine.engine_kwargs["max_model_len"] == 8192 and engine.accelerator_type == "L40S"
     assert engine.placement_bundles[0]["GPU"] == 1
+    # test_cluster_fit's model of the replica's bundles (it checks them against the gpu_serve nodes) is Ray's
+    from test_cluster_fit import llm_bundles
+
+    assert llm_bundles(llm) == engine.placement_bundles
 
 
 def test_training_prompts_use_the_enrichment_file(phantom_root, tmp_path):

@@ -25,6 +25,7 @@ from craft_ray.cli import (
     query,
     report,
     study,
+    sweep,
     train,
 )
 from craft_ray.cli.common import err_console
@@ -65,6 +66,7 @@ app.command("demo")(demo.demo)
 app.command("generate")(generate.generate)
 app.command("evaluate")(evaluate.evaluate)
 app.command("report")(report.report)
+app.command("sweep")(sweep.sweep)
 
 
 def main() -> None:

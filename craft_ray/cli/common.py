@@ -13,6 +13,20 @@ from rich.table import Table
 console = Console()
 err_console = Console(stderr=True)
 
+ADDRESS_HELP = (
+    "Ray cluster to join, e.g. ray://head:10001 or auto on a cluster node "
+    "(default: RAY_ADDRESS, else a local cluster that ends with the command)"
+)
+
+
+def join_ray(address: str | None) -> None:
+    """Connect to Ray (craft_ray.raycluster.ensure_ray) and say which cluster, on stderr."""
+    from rich.markup import escape
+
+    from craft_ray.raycluster import ensure_ray
+
+    err_console.print(escape(ensure_ray(address)), highlight=False, soft_wrap=True)
+
 
 @contextlib.contextmanager
 def progress_bar(description: str) -> Iterator:

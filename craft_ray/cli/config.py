@@ -15,13 +15,17 @@ app = typer.Typer(help="Check experiment configs.", no_args_is_help=True)
 
 @app.command("validate")
 def config_validate(files: Annotated[list[Path], typer.Argument(help="experiment YAML file(s)")]) -> None:
-    """Check experiment YAMLs against the typed config: every file is checked and reported; exit
-    status 2 if any is invalid."""
+    """Check experiment YAMLs (or sweep specs) against the typed config: every file is checked and
+    reported; exit status 2 if any is invalid."""
     from craft_ray.config import load_config
+    from craft_ray.tune.spec import is_sweep_spec
 
     invalid = 0
     for path in files:
         try:
+            if is_sweep_spec(path):
+                validate_sweep_spec(path)
+                continue
             cfg = load_config(path)
         except ConfigError as exc:
             invalid += 1
@@ -32,3 +36,17 @@ def config_validate(files: Annotated[list[Path], typer.Argument(help="experiment
         )
     if invalid:
         raise ConfigError(f"{invalid} of {len(files)} config file(s) invalid")
+
+
+def validate_sweep_spec(path: Path) -> None:
+    """A sweep spec: its fields, its placeholders, and every trial's experiment config (not the data)."""
+    from craft_ray.tune.plan import plan_sweep
+    from craft_ray.tune.spec import load_spec
+
+    spec = load_spec(path)
+    plan = plan_sweep(spec, path, "<sweep>", with_data=False)
+    console.print(
+        f"[green]ok[/green] {path}: sweep {spec.name}: {len(plan.trials)} trials "
+        f"({len(spec.datasets)} datasets x {len(spec.methods)} methods)",
+        soft_wrap=True,
+    )

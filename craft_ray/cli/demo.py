@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from craft_ray.cli.common import console, err_console, print_manifest, progress_bar
+from craft_ray.cli.common import ADDRESS_HELP, console, err_console, join_ray, print_manifest, progress_bar
 
 
 def demo(
@@ -19,10 +19,12 @@ def demo(
     steps: Annotated[int, typer.Option(help="CRAFT training steps")] = 8,
     workers: Annotated[int, typer.Option(help="Ray Train workers")] = 2,
     seed: Annotated[int, typer.Option()] = 0,
+    address: Annotated[str | None, typer.Option(help=ADDRESS_HELP)] = None,
 ) -> None:
     """The offline end-to-end demo: phantom data, CAS calibration, a short CRAFT run on Ray Train."""
     from craft_ray.demo import run_demo
 
+    join_ray(address)
     contexts: list = []
 
     def progress(description: str):

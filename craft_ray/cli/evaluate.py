@@ -12,7 +12,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table as RichTable
 
-from craft_ray.cli.common import console, err_console, progress_bar
+from craft_ray.cli.common import ADDRESS_HELP, console, err_console, progress_bar
 from craft_ray.errors import CraftError
 
 
@@ -82,9 +82,7 @@ def evaluate(
     overwrite: Annotated[
         bool, typer.Option(help="replace finished evaluations made with other settings")
     ] = False,
-    address: Annotated[
-        str | None, typer.Option(help="Ray cluster address (default: RAY_ADDRESS, a running one, else local)")
-    ] = None,
+    address: Annotated[str | None, typer.Option(help=ADDRESS_HELP)] = None,
 ) -> None:
     """Generate images per label with Ray Data, score them (CAS, out-of-family classifier) and
     write RUN_DIR/eval: scores.parquet, images/, metrics.json; compare with each --baseline."""

@@ -12,7 +12,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from craft_ray.cli.common import console, progress_bar
+from craft_ray.cli.common import ADDRESS_HELP, console, progress_bar
 
 app = typer.Typer(
     help="Blinded reader study: create pairs, serve the web app, analyse answers.", no_args_is_help=True
@@ -63,6 +63,7 @@ def study_serve(
     study: Annotated[Path, typer.Option(help="study directory (craft study create)")],
     port: Annotated[int, typer.Option(help="HTTP port on 127.0.0.1")] = 8000,
     replicas: Annotated[int, typer.Option(help="Serve replicas of the app")] = 1,
+    address: Annotated[str | None, typer.Option(help=ADDRESS_HELP)] = None,
 ) -> None:
     """Serve the reader-study web app with Ray Serve on 127.0.0.1 until Ctrl-C."""
     from ray import serve
@@ -71,7 +72,7 @@ def study_serve(
     from craft_ray.serving.study_app import build_app
 
     application = build_app({"study": str(study), "num_replicas": replicas})
-    console.print(ensure_ray())
+    console.print(ensure_ray(address))
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     serve.run(application, name="study", route_prefix="/")
     console.print(f"reader study at http://127.0.0.1:{port}/  (Ctrl-C to stop)")

@@ -10,7 +10,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from craft_ray.cli.common import console, err_console
+from craft_ray.cli.common import ADDRESS_HELP, console, err_console
 
 
 def train(
@@ -27,12 +27,7 @@ def train(
     ] = None,
     steps: Annotated[int | None, typer.Option(help="total optimiser steps (training.steps)")] = None,
     resume: Annotated[bool, typer.Option(help="continue an existing run from its latest checkpoint")] = False,
-    address: Annotated[
-        str | None,
-        typer.Option(
-            help="Ray cluster to join (default: RAY_ADDRESS, else a local cluster for this command)"
-        ),
-    ] = None,
+    address: Annotated[str | None, typer.Option(help=ADDRESS_HELP)] = None,
 ) -> None:
     """Train one experiment with Ray Train on the current Ray cluster (a local one if none)."""
     from craft_ray.config import load_config
@@ -70,7 +65,11 @@ def train(
             progress.update(task, completed=metrics.get("step", 0), info=" ".join(shown))
 
         summary = run_training(
-            cfg, resume=resume, on_report=on_report, address=address, say=progress.console.print
+            cfg,
+            resume=resume,
+            on_report=on_report,
+            address=address,
+            say=lambda text: progress.console.print(escape(text), highlight=False, soft_wrap=True),
         )
     table = Table(
         title=escape(

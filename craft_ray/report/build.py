@@ -348,15 +348,29 @@ SECTIONS: list[Section] = [
 
 
 def build_report(
-    runs: list[str | Path], out: str | Path, overwrite: bool = False, sections: list[Section] | None = None
+    runs: list[str | Path],
+    out: str | Path,
+    overwrite: bool = False,
+    sections: list[Section] | None = None,
+    sweep: str | Path | None = None,
 ) -> Path:
-    """Write <out>/report.md and <out>/figures/*.png (all at once, replacing <out> only with overwrite)."""
+    """Write <out>/report.md and <out>/figures/*.png (all at once, replacing <out> only with overwrite).
+    `sweep`: a `craft sweep` directory, whose section (best trials, reward-weight heatmaps) is added;
+    with a sweep, runs may be empty."""
+    from craft_ray.report.sweep import load_sweep, sweep_section
+
     check_output(out, overwrite, kind="dir")
-    evaluated = load_evaluations(list(runs))
+    if sweep is not None:
+        load_sweep(sweep)  # a clear error before any work
+    evaluated = load_evaluations(list(runs)) if runs or sweep is None else []
+    sections = list(sections or (SECTIONS if evaluated else []))
+    if sweep is not None:
+        sections.append(sweep_section(sweep))
     with atomic_dir(out) as tmp:
         fig_dir = tmp / FIGURES
         fig_dir.mkdir()
-        body = [section(evaluated, fig_dir) for section in sections or SECTIONS]
-        title = "# CRAFT evaluation report\n\n" + ", ".join(sorted({r.dataset for r in evaluated})) + "\n\n"
+        body = [section(evaluated, fig_dir) for section in sections]
+        datasets = sorted({r.dataset for r in evaluated})
+        title = "# CRAFT evaluation report\n\n" + (", ".join(datasets) + "\n\n" if datasets else "")
         (tmp / REPORT_NAME).write_text(title + "\n".join(body))
     return Path(out) / REPORT_NAME

@@ -130,3 +130,53 @@ def tail_bars(
         title_fontsize=8,
     )
     return _save(fig, path)
+
+
+def weight_heatmap(
+    xs: Sequence[float],
+    ys: Sequence[float | None],
+    values: np.ndarray,
+    stopped: np.ndarray,
+    x_label: str,
+    y_label: str,
+    title: str,
+    path: str | Path,
+) -> Path:
+    """A sweep's metric over two reward weights (one row when only one is swept); each cell is
+    annotated (with enough digits to tell the cells apart), cells whose trials ASHA stopped early
+    say so."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(1.6 + 1.2 * len(xs), 1.2 + 0.8 * len(ys)))
+    finite = values[np.isfinite(values)]
+    vmin, vmax = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+    spread = vmax - vmin
+    digits = 4 if spread <= 0 else max(4, int(np.ceil(-np.log10(spread))) + 2)
+    vmax = vmax if spread > 0 else vmin + 1e-12
+    cmap = plt.get_cmap("viridis")
+    image = ax.imshow(np.ma.masked_invalid(values), cmap=cmap, vmin=vmin, vmax=vmax, aspect="auto")
+    for i in range(len(ys)):
+        for j in range(len(xs)):
+            value = values[i, j]
+            if np.isfinite(value):
+                bright = (value - vmin) / (vmax - vmin) > 0.6
+                ax.text(
+                    j,
+                    i,
+                    f"{value:.{digits}f}",
+                    ha="center",
+                    va="center",
+                    fontsize=8,
+                    color="black" if bright else "white",
+                )
+            else:
+                ax.text(j, i, "stopped" if stopped[i, j] else "-", ha="center", va="center", fontsize=8)
+    ax.set_xticks(range(len(xs)), [f"{x:g}" for x in xs])
+    ax.set_yticks(range(len(ys)), [f"{y:g}" if y is not None else "" for y in ys])
+    ax.set_xlabel(x_label)
+    ax.set_ylabel(y_label)
+    ax.set_title(textwrap.fill(title, 60), fontsize=9)
+    bar = fig.colorbar(image, ax=ax, shrink=0.8)
+    bar.formatter.set_useOffset(False)
+    bar.formatter.set_scientific(False)
+    bar.update_ticks()
+    return _save(fig, path)

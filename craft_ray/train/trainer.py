@@ -190,6 +190,8 @@ def run_training(
     address: str | None = None,
     say: Callable[[str], None] | None = None,
 ) -> TrainingSummary:
+    """Train (or resume) `cfg` with Ray Train on the cluster at `address` (ensure_ray's rules);
+    `say` hears which cluster that is, after the run's checks passed."""
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -209,10 +211,11 @@ def run_training(
     preflight(cfg)
     history = read_metrics(run_uri) if resume else []
 
-    where = ensure_ray(address)  # after the input checks: a wrong config fails without starting Ray
+    joined = ensure_ray(address)
     if say is not None:
-        say(where)
-    queue = Queue() if on_report is not None else None
+        say(joined)
+    # num_cpus=0: the queue must fit wherever the caller runs (a Tune trial's placement group holds few CPUs)
+    queue = Queue(actor_options={"num_cpus": 0}) if on_report is not None else None
     scaling = cfg.scaling
     resources = {
         "CPU": scaling.cpus_per_worker,
@@ -259,7 +262,23 @@ def run_training(
     last = history[-1] if history else dict(result.metrics or {})
     if FATAL_KEY in last:
         raise TrainingError(f"training run '{cfg.run_name}' stopped: {last[FATAL_KEY]}")
-    if result.checkpoint is None:
-        raise TrainingError(f"training run '{cfg.run_name}' finished without a checkpoint")
-    final = _export_final(result.checkpoint.filesystem, result.checkpoint.path, run_uri)
+    if result.checkpoint is not None:
+        final = _export_final(result.checkpoint.filesystem, result.checkpoint.path, run_uri)
+    else:
+        final = _export_latest(cfg.run_name, run_uri)
     return TrainingSummary(run_uri, final, last, history)
+
+
+def _export_latest(run_name: str, run_uri: str) -> str:
+    """A resumed run that had nothing left to train reports no new checkpoint, and Ray Train does
+    not know the ones of an earlier, interrupted driver: export the run's newest complete one."""
+    import tempfile
+    from pathlib import Path
+
+    from craft_ray.train.session import latest_complete_checkpoint
+
+    with tempfile.TemporaryDirectory(prefix="craft-export-") as tmp:
+        latest = latest_complete_checkpoint(run_uri, Path(tmp))
+        if latest is None:
+            raise TrainingError(f"training run '{run_name}' finished without a checkpoint")
+        return _export_final(pafs.LocalFileSystem(), str(latest), run_uri)
