@@ -112,7 +112,14 @@ class RewardConfig(_Strict):
     weights: CASWeights = Field(default_factory=CASWeights)
     use_checklists: bool = Field(True, description="ablation switch: False drops checklist and anatomy dims")
     calibration: str | None = Field(
-        None, description="calibration JSON (craft cas calibrate): realism reference"
+        None,
+        description="calibration JSON (craft cas calibrate): realism reference; must be made with the "
+        "same dataset, VLM and labels",
+    )
+    checklists: list[str] = Field(
+        default_factory=list,
+        description="overlay checklist YAML files (e.g. MLLM-written) layered on the static base, "
+        "as `craft cas --checklists`",
     )
 
     def effective_weights(self) -> dict[str, float]:
@@ -166,7 +173,7 @@ class TrainingConfig(_Strict):
     )
     gradient_checkpointing: bool = True
     mixed_precision: Literal["auto", "no", "bf16"] = Field(
-        "auto", description="auto = bf16 on GPU, fp32 on CPU"
+        "auto", description="auto = bf16 autocast on GPU, fp32 on CPU; bf16 = bf16 autocast on CPU too"
     )
     checkpoint_every: int = Field(50, ge=1)
     report_every: int = Field(
@@ -176,7 +183,15 @@ class TrainingConfig(_Strict):
         "every step's metrics still reach metrics.jsonl",
     )
     keep_checkpoints: int = Field(3, ge=1)
-    max_nonfinite_steps: int = Field(5, ge=1, description="stop after this many non-finite steps in a row")
+    max_nonfinite_steps: int = Field(
+        5, ge=1, description="stop after more than this many non-finite updates in a row"
+    )
+    max_error_steps: int = Field(
+        20,
+        ge=1,
+        description="stop after more than this many updates in a row skipped for errors (e.g. an MLLM "
+        "endpoint still down after its retries); counted apart from non-finite ones",
+    )
     max_failures: int = Field(3, ge=0, description="worker-group restarts Ray Train may make")
 
     @model_validator(mode="after")
@@ -223,6 +238,14 @@ class DebugConfig(_Strict):
     nonfinite_steps: list[int] = Field(
         default_factory=list, description="steps whose loss rank 0 turns into NaN"
     )
+    raise_in_plan_steps: list[int] = Field(
+        default_factory=list, description="steps at which rank `raise_rank` fails in plan (endpoint error)"
+    )
+    raise_in_loss_steps: list[int] = Field(
+        default_factory=list,
+        description="steps at which rank `raise_rank` fails in its first micro-batch (endpoint error)",
+    )
+    raise_rank: int = Field(0, ge=0)
 
 
 class StageResources(_Strict):
@@ -351,6 +374,11 @@ class ExperimentConfig(_Strict):
             raise ValueError(
                 f"debug.fail_rank={self.debug.fail_rank} but scaling.workers={self.scaling.workers}"
             )
+        raises = self.debug.raise_in_plan_steps or self.debug.raise_in_loss_steps
+        if raises and self.debug.raise_rank >= self.scaling.workers:
+            raise ValueError(
+                f"debug.raise_rank={self.debug.raise_rank} but scaling.workers={self.scaling.workers}"
+            )
         return self
 
     @property
@@ -387,6 +415,7 @@ class ExperimentConfig(_Strict):
         data["reward"]["calibration"] = absolute(self.reward.calibration)
         data["evaluation"]["calibration"] = absolute(self.evaluation.calibration)
         data["evaluation"]["classifier"] = local_model(self.evaluation.classifier)
+        data["reward"]["checklists"] = [absolute(path) for path in self.reward.checklists]
         data["storage"]["path"] = self.storage_uri()
         return ExperimentConfig.model_validate(data)
 

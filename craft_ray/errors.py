@@ -32,3 +32,17 @@ class StudyError(CraftError):
 
 class EvaluationError(CraftError):
     """An evaluation cannot run as asked: no finished checkpoint, mismatched runs, clashing results."""
+
+
+class EndpointError(ModelError):
+    """A remote model endpoint stayed unavailable (network error, timeout, HTTP 5xx) after retries.
+    Training skips the step and counts it apart from non-finite steps."""
+
+
+class TrainingFailure(RuntimeError):
+    """An internal failure of a training run (a bug, out of memory, a lost worker): NOT a CraftError,
+    so the CLI exits 1. `log_path` says where the full traceback was written."""
+
+    def __init__(self, message: str, log_path: str | None = None):
+        super().__init__(message)
+        self.log_path = log_path

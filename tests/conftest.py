@@ -90,3 +90,26 @@ def ray_local():
     else:
         os.environ["RAY_ADDRESS"] = previous
     ray.shutdown()
+
+
+@pytest.fixture
+def craft_in_process(capsys, monkeypatch):
+    """Run the `craft` command line in this process (no interpreter start-up: for the many quick
+    refusals); returns a CompletedProcess with the exit status and captured output."""
+    import subprocess
+    import sys
+
+    from craft_ray.cli import main
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        monkeypatch.setattr(sys, "argv", ["craft", *args])
+        capsys.readouterr()
+        try:
+            main()
+            code = 0
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        out = capsys.readouterr()
+        return subprocess.CompletedProcess(args, code, out.out, out.err)
+
+    return run

@@ -71,3 +71,44 @@ def test_config_validate(tmp_path):
     assert (
         "dataset.labels: unknown label(s) ['Melanoma']" in result.stderr and "Traceback" not in result.stderr
     )
+
+
+def test_every_config_is_checked_and_reported(tmp_path, craft_in_process):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        yaml.safe_dump({"name": "x", "method": "craft", "dataset": {"name": "isic", "uri": "d"}, "extra": 1})
+    )
+    good = str(ROOT / "experiments" / "isic" / "ddpo.yaml")
+    result = craft_in_process("config", "validate", str(bad), str(tmp_path / "missing.yaml"), good)
+    assert result.returncode == 2
+    assert "extra: unknown key" in result.stderr and "missing.yaml: config file not found" in result.stderr
+    assert "ok" in result.stdout and "isic-ddpo" in result.stdout  # checked although earlier files failed
+    assert "2 of 3 config file(s) invalid" in result.stderr
+
+
+def test_options_and_outputs_are_checked_before_any_work(tmp_path, craft_in_process):
+    (tmp_path / "file").write_text("x")
+    phantom = ["data", "phantom", "--modality", "chest", "--size", "16"]
+    for args, message in [
+        (["--out", str(tmp_path / "file")], "exists and is not a directory"),
+        (["--out", str(tmp_path / "p"), "--n", "0"], "--n"),
+        (["--out", str(tmp_path / "p"), "--n", "3"], "leave split(s) val, test empty"),
+    ]:
+        result = craft_in_process(*phantom, *args)
+        assert result.returncode == 2 and message in result.stdout + result.stderr, result.stderr
+        assert "Traceback" not in result.stderr and "0/?" not in result.stderr  # no empty progress bar
+        assert not (tmp_path / "p").exists()
+    config = tmp_path / "exp.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {"extends": str(ROOT / "experiments" / "chexpert" / "craft.yaml"), "training": {"stepz": 3}}
+        )
+    )
+    result = craft_in_process("train", "--config", str(config))
+    assert result.returncode == 2 and "training.stepz: unknown key" in result.stderr
+    config.write_text(yaml.safe_dump({"extends": str(ROOT / "experiments" / "chexpert" / "craft.yaml")}))
+    result = craft_in_process(
+        "train", "--config", str(config), "--storage", str(tmp_path / "runs"), "--resume"
+    )
+    assert result.returncode == 2 and "nothing to resume: no run 'chexpert-craft'" in result.stderr
+    assert craft_in_process("--version").stdout.startswith("craft-ray ")

@@ -232,3 +232,83 @@ def test_output_directory_is_never_overwritten(tmp_path):
     with pytest.raises(DataError, match="already holds a dataset"):
         convert("chexpert", base, out)
     assert sorted(p.stat().st_mtime_ns for p in out.rglob("*.parquet")) == before
+
+
+def test_malformed_csv_rows_cost_one_reject_each_not_the_run(tmp_path):
+    """A row with fewer or more fields than the header, an unparsable Age and a Latin-1 byte each
+    become one reject; every other row converts."""
+    base = make_chexpert(tmp_path / "src")
+    train = base / "train.csv"
+    good = _chex_row("CheXpert-v1.0-small/train/patient00001/study1/view1_frontal.jpg")
+    short = ",".join(good[:6])  # 6 of 19 fields
+    long = ",".join([*good, "extra"])
+    age = good.copy()
+    age[2] = "unknown"
+    train.write_text(train.read_text() + "\n".join([short, long, ",".join(age)]) + "\n")
+    valid_rel = "CheXpert-v1.0-small/valid/patient64542/study1/view1_frontal.jpg"
+    write_image(tmp_path / "src" / valid_rel)
+    latin1 = ",".join(_chex_row(valid_rel)).replace("Female", "F\xe9male").encode("latin-1")
+    (base / "valid.csv").write_bytes((base / "valid.csv").read_bytes() + latin1 + b"\n")
+    out = tmp_path / "out"
+    manifest = convert("chexpert", base, out)
+    reasons = {r["source"]: r["reason"] for r in rejects_of(out)}
+    n_train = len(train.read_text().splitlines())
+    assert reasons[f"train.csv:{n_train - 2}"] == "row has 6 fields, the header has 19"
+    assert reasons[f"train.csv:{n_train - 1}"] == "row has 20 fields, the header has 19"
+    assert reasons[f"train.csv:{n_train}"] == "column 'Age' has value 'unknown' (expected a number or blank)"
+    assert reasons["valid.csv:3"] == "column 'Sex' is not valid UTF-8 (byte 0xe9)"
+    assert manifest.rejects == 4 + 4  # the four awkward rows of make_chexpert, and these
+    assert len(all_rows(out)) == 12 * 2 + 1
+
+
+def test_isic_and_fundus_survive_malformed_rows(tmp_path):
+    src = tmp_path / "isic"
+    header = "image,MEL,NV,BCC,AK,BKL,DF,VASC,SCC,UNK"
+    lines, meta = [header], ["image,age_approx,lesion_id"]
+    for i in range(4):
+        write_image(src / f"ISIC_{i:07d}.jpg", mode="RGB", seed=i)
+        lines.append(f"ISIC_{i:07d}," + ",".join(["1.0"] + ["0.0"] * 8))
+        meta.append(f"ISIC_{i:07d},55,IL_{i}")
+    lines.append("ISIC_0000009,1.0")
+    meta.append("ISIC_0000001,60")  # short metadata row: ignored, its image still converts
+    (src / "GroundTruth.csv").write_text("\n".join(lines) + "\n")
+    (src / "Metadata.csv").write_bytes(("\n".join(meta) + "\n").encode() + b"ISIC_0000002,\xe9,IL_2\n")
+    manifest = convert("isic", src, tmp_path / "out_isic")
+    reasons = sorted(r["reason"] for r in rejects_of(tmp_path / "out_isic"))
+    assert reasons == [
+        "column 'age_approx' is not valid UTF-8 (byte 0xe9)",
+        "row has 2 fields, the header has 10",
+        "row has 2 fields, the header has 3",
+    ]
+    assert manifest.rejects == 3 and len(all_rows(tmp_path / "out_isic")) == 4
+
+    fundus = tmp_path / "fundus"
+    rows = ["id_code,diagnosis"]
+    for i in range(4):
+        write_image(fundus / f"a{i}.png", mode="RGB", seed=i)
+        rows.append(f"a{i},{i}")
+    (fundus / "train.csv").write_text("\n".join([*rows, "a9"]) + "\n")
+    (fundus / "notes.csv").write_bytes(b"caf\xe9,x\n")  # another CSV in the tree, not UTF-8
+    manifest = convert("fundus", fundus, tmp_path / "out_fundus", ConvertOptions(fractions={"train": 1.0}))
+    assert (
+        manifest.rejects == 1
+        and rejects_of(tmp_path / "out_fundus")[0]["reason"] == "row has 1 fields, the header has 2"
+    )
+
+
+def test_chexpert_valid_csv_is_its_own_split_unless_pooled(tmp_path):
+    """The official, radiologist-labelled valid.csv is what CheXpert results are reported on: it
+    stays a split of its own ('valid'); --pool-valid puts it into the random splits."""
+    base = make_chexpert(tmp_path / "src")
+    manifest = convert("chexpert", base, tmp_path / "kept", ConvertOptions(seed=1))
+    split_of = {r["image_id"]: r["split"] for r in all_rows(tmp_path / "kept")}
+    assert split_of["patient64541_study1_view1_frontal"] == "valid"
+    assert manifest.counts["valid"]["images"] == 1 and manifest.options["pool_valid"] is False
+    assert "valid" not in {s for i, s in split_of.items() if not i.startswith("patient64541")}
+    pooled = convert("chexpert", base, tmp_path / "pooled", ConvertOptions(seed=1, pool_valid=True))
+    assert "valid" not in pooled.counts
+    assert {r["split"] for r in all_rows(tmp_path / "pooled") if r["patient_id"] == "patient64541"} <= {
+        "train",
+        "val",
+        "test",
+    }

@@ -12,7 +12,7 @@ import torch
 from conftest import assert_gradient_matches_finite_differences, generate_chest
 from PIL import Image
 
-from craft_ray.errors import ModelError
+from craft_ray.errors import EndpointError, ModelError
 from craft_ray.models import (
     add_lora,
     build_diffusion,
@@ -144,8 +144,9 @@ def test_qwen2_vl_pixel_adapter_matches_the_processor():
 class _FakeEndpoint:
     """A real HTTP server on 127.0.0.1 with the OpenAI routes, answering from the tiny local MLLM."""
 
-    def __init__(self, mllm, broken: bool = False):
-        self.mllm, self.broken = mllm, broken
+    def __init__(self, mllm, broken: bool = False, fail_first: int = 0):
+        self.mllm, self.broken, self.fail_first = mllm, broken, fail_first
+        self.posts = 0
         handler = self._handler()
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
@@ -173,8 +174,11 @@ class _FakeEndpoint:
                 import base64
                 import io
 
+                endpoint.posts += 1
                 if endpoint.broken:
                     return self._send(500, {"error": {"message": "boom"}})
+                if endpoint.posts <= endpoint.fail_first:  # overloaded for a moment
+                    return self._send(503, {"error": {"message": "busy"}})
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 parts = body["messages"][0]["content"]
                 url = next(p["image_url"]["url"] for p in parts if p["type"] == "image_url")
@@ -223,8 +227,52 @@ def test_remote_mllm_matches_local_scores_over_http():
         endpoint.close()
     broken = _FakeEndpoint(mllm, broken=True)
     try:
-        with pytest.raises(ModelError, match="no usable logprobs"):
-            RemoteMLLMScorer(broken.url, model="m").p_yes(torch.rand(1, 3, 8, 8), ["Is it?"])
+        with pytest.raises(EndpointError, match="still failing after 2 retries"):
+            RemoteMLLMScorer(broken.url, model="m", retries=2, backoff=0).p_yes(
+                torch.rand(1, 3, 8, 8), ["Is it?"]
+            )
+        assert broken.posts == 3  # the first try and two retries
     finally:
         broken.close()
     assert png_data_url(torch.zeros(1, 4, 4)).startswith("data:image/png;base64,")
+
+
+@pytest.mark.parametrize(
+    ("rank", "alpha", "targets"),
+    [
+        (4, 8.0, ("to_q", "to_k", "to_v", "to_out.0")),
+        (4, 16.0, ("to_q", "to_k", "to_v", "to_out.0")),
+        (2, 16.0, ("to_k", "to_v")),
+    ],
+)
+def test_lora_with_alpha_not_rank_reloads_at_the_trained_strength(tmp_path, rank, alpha, targets):
+    """The saved file carries rank, alpha and targets, so diffusers' loader scales the adapter as trained."""
+    trained = build_diffusion("tiny")
+    params = add_lora(trained.unet, rank=rank, alpha=alpha, targets=targets)
+    with torch.no_grad():
+        for p in params:
+            p.add_(0.3)
+    expected = generate_chest(trained.pipeline())
+    save_lora(trained.unet, tmp_path / "lora")
+    base = build_diffusion("tiny").pipeline()
+    before = generate_chest(base)
+    load_lora_into(base, tmp_path / "lora")
+    after = generate_chest(base)
+    assert np.abs(expected - before).max() > 1e-3
+    np.testing.assert_allclose(after, expected, atol=1e-5)
+
+
+def test_remote_mllm_retries_transient_errors_with_backoff():
+    """A moment of 503s (a restarting or overloaded server) costs retries, not the answer."""
+    mllm = tiny_llava()
+    flaky = _FakeEndpoint(mllm, fail_first=2)
+    try:
+        remote = RemoteMLLMScorer(flaky.url, model="m", retries=3, backoff=0, concurrency=1)
+        remote.top_logprobs = len(mllm.processor.tokenizer)
+        x = torch.zeros(1, 3, 16, 16)
+        got = remote.p_yes(x, ["Is there a lesion?"])
+        with torch.no_grad():
+            assert torch.allclose(got, mllm.p_yes(x, ["Is there a lesion?"]), atol=1e-4)
+        assert flaky.posts == 3
+    finally:
+        flaky.close()

@@ -11,7 +11,7 @@ import pytest
 from craft_ray.data import read_manifest, read_table
 from craft_ray.data.images import decode_png
 from craft_ray.data.phantoms import GENERATORS, generate_image, make_phantom_dataset
-from craft_ray.errors import ConfigError, DataError
+from craft_ray.errors import ConfigError, CraftError, DataError
 from craft_ray.knowledge.labels import dataset_for_modality
 
 
@@ -160,6 +160,37 @@ def test_bad_phantom_arguments(tmp_path):
         make_phantom_dataset("xray", 4, tmp_path / "x")
     with pytest.raises(ConfigError, match="--n must be at least 1"):
         make_phantom_dataset("chest", 0, tmp_path / "x")
-    make_phantom_dataset("chest", 4, tmp_path / "y", size=16)
+    make_phantom_dataset("chest", 4, tmp_path / "y", size=16, fractions={"train": 1.0})
     with pytest.raises(DataError, match="already holds a dataset"):
         make_phantom_dataset("chest", 4, tmp_path / "y", size=16)
+
+
+def test_phantom_outputs_are_checked_before_any_work(tmp_path):
+    """One rule for outputs: never into a file or a folder of other files, never over a dataset
+    without overwrite, no split left empty, and nothing half-written."""
+    with pytest.raises(
+        ConfigError, match=r"--n 3 gives 1 patient\(s\), which leave split\(s\) val, test empty"
+    ):
+        make_phantom_dataset("chest", 3, tmp_path / "few", size=16)
+    assert not (tmp_path / "few").exists()
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(CraftError, match="exists and is not a directory"):
+        make_phantom_dataset("chest", 4, tmp_path / "file", size=16, fractions={"train": 1.0})
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "mine.txt").write_text("keep me")
+    for overwrite in (False, True):
+        with pytest.raises(DataError, match="is not empty and holds no craft-ray dataset"):
+            make_phantom_dataset(
+                "chest", 4, tmp_path / "notes", size=16, fractions={"train": 1.0}, overwrite=overwrite
+            )
+    assert [p.name for p in (tmp_path / "notes").iterdir()] == ["mine.txt"]
+    make_phantom_dataset("chest", 4, tmp_path / "data", size=16, fractions={"train": 1.0})
+    replaced = make_phantom_dataset(
+        "chest", 6, tmp_path / "data", size=16, fractions={"train": 1.0}, overwrite=True
+    )
+    assert (
+        replaced.counts["train"]["images"]
+        == 6
+        == read_manifest(str(tmp_path / "data")).counts["train"]["images"]
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "file", "notes"]  # no temporary left

@@ -110,11 +110,17 @@ def test_create_pairs_two_methods_on_the_same_label_set_and_seed(study, runs, ph
     opened = {r.name: open_run(r) for r in runs}
     generated = [p for p in pairs if key[p["pair_id"]]["kind"] == "generated"]
     pair = generated[0]
-    for side in ("left", "right"):
+    # (Regenerated alone rather than in the study's batch of 8: CPU matmuls of another batch size
+    # may round differently, so pixels can move by a few levels; the other run's image is far.)
+    sides = ("left", "right")
+    stored = {
+        s: png((study / "images" / f"{pair[f'{s}_image']}.png").read_bytes()).astype(int) for s in sides
+    }
+    for side, other in (sides, sides[::-1]):
         run = opened[key[pair["pair_id"]][f"{side}_source"]]
         (expected,) = generate_images(run, [pair["labels"]], [pair["seed"]])
-        stored = png((study / "images" / f"{pair[f'{side}_image']}.png").read_bytes())
-        assert np.array_equal(stored, expected)
+        assert np.abs(stored[side] - expected).mean() <= 0.5 and np.abs(stored[side] - expected).max() <= 16
+        assert np.abs(stored[other] - expected).mean() > 4 * np.abs(stored[side] - expected).mean() + 1
     # the two methods really differ on the same noise, so a reader has something to judge
     left = png((study / "images" / f"{pair['left_image']}.png").read_bytes()).astype(int)
     right = png((study / "images" / f"{pair['right_image']}.png").read_bytes()).astype(int)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +17,7 @@ from conftest import generate_chest
 from safetensors.torch import load_file
 
 from craft_ray.config import validate_config
-from craft_ray.errors import TrainingError
+from craft_ray.errors import CraftError, TrainingError, TrainingFailure
 from craft_ray.models import build_diffusion, load_lora_into
 from craft_ray.train.trainer import run_training
 
@@ -167,26 +168,91 @@ def test_train_cli(ray_local, phantom_root, tmp_path):
         "--storage",
         str(tmp_path / "runs"),
     ]
-    result = subprocess.run(args, capture_output=True, text=True, timeout=600)
+    env = {**os.environ, "RAY_ADDRESS": ray_local.get_runtime_context().gcs_address}  # this test's cluster
+    result = subprocess.run(args, capture_output=True, text=True, timeout=600, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "final weights:" in result.stdout
     assert (
         tmp_path / "runs" / "chexpert-lora-sft" / "final" / "lora" / "pytorch_lora_weights.safetensors"
     ).exists()
-    again = subprocess.run(args, capture_output=True, text=True, timeout=600)
+    again = subprocess.run(args, capture_output=True, text=True, timeout=600, env=env)
     assert again.returncode == 2 and "already exists" in again.stderr and "Traceback" not in again.stderr
 
 
 def test_offline_demo_end_to_end(ray_local, tmp_path):
+    """`craft demo` as a user runs it (on this test's Ray cluster), then again: it continues."""
     from craft_ray.demo import run_demo
 
     out = tmp_path / "demo"
-    result = run_demo(out, n=40, size=32, steps=2, workers=2)
-    assert set(result.manifests) == {"chest", "derm", "fundus", "histo"}
-    assert result.calibration.thresholds and result.calibration_path.exists()
-    assert result.training.metrics["step"] == 2.0 and result.training.metrics["world_size"] == 2.0
-    assert (Path(result.training.final_uri) / "lora" / "pytorch_lora_weights.safetensors").exists()
+    args = ["demo", "--out", str(out), "--n", "40", "--size", "32", "--steps", "2", "--workers", "2"]
+    env = {**os.environ, "RAY_ADDRESS": ray_local.get_runtime_context().gcs_address}
+    result = subprocess.run(
+        [sys.executable, "-m", "craft_ray.cli", *args], capture_output=True, text=True, timeout=900, env=env
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (
+        "CRAFT: 2 steps on 2 Ray Train workers" in result.stdout
+        and "LoRA (diffusers format)" in result.stdout
+    )
+    for modality in ("chest", "derm", "fundus", "histo"):
+        assert (out / "data" / modality / "manifest.json").exists()
+    assert (out / "cas" / "chest_thresholds.json").exists()
+    final = out / "runs" / "demo-chexpert-craft" / "final"
+    assert (final / "lora" / "pytorch_lora_weights.safetensors").exists()
     again = run_demo(
         out, n=40, size=32, steps=2, workers=2
     )  # re-running reuses and continues, never overwrites
+    assert set(again.manifests) == {"chest", "derm", "fundus", "histo"}
     assert again.training.history[-1]["resumed_from"] == 2.0
+
+
+@pytest.mark.timeout(420)  # a hang (ranks in different collectives) fails here, not in CI's global limit
+def test_a_failing_rank_never_hangs_the_others_and_skips_are_counted_by_kind(
+    ray_local, phantom_root, tmp_path
+):
+    """Rank 1's MLLM endpoint 'fails' in plan at step 2 and inside its first (local) micro-batch at
+    step 3; rank 0's loss is NaN at step 4. Both ranks skip the same updates and finish; endpoint
+    errors are counted apart from non-finite updates and do not count toward max_nonfinite_steps."""
+    cfg = make_cfg(
+        phantom_root / "chest",
+        tmp_path,
+        "lora_sft",
+        "skips",
+        training={
+            "steps": 5,
+            "grad_accum": 2,
+            "max_nonfinite_steps": 1,
+            "checkpoint_every": 5,
+            "report_every": 1,
+        },
+        debug={
+            "raise_in_plan_steps": [2],
+            "raise_in_loss_steps": [3],
+            "raise_rank": 1,
+            "nonfinite_steps": [4],
+        },
+    )
+    summary = run_training(cfg)
+    by_step = {int(r["step"]): r for r in summary.history}
+    assert sorted(by_step) == [1, 2, 3, 4, 5]
+    assert [by_step[s]["skipped_errors"] for s in range(1, 6)] == [0, 1, 2, 2, 2]
+    assert [by_step[s]["skipped_nonfinite"] for s in range(1, 6)] == [0, 0, 0, 1, 1]
+    assert [by_step[s]["skipped_steps"] for s in range(1, 6)] == [0, 1, 2, 3, 3]
+    assert [math.isfinite(by_step[s]["grad_norm"]) for s in range(1, 6)] == [True, False, False, False, True]
+    lora = load_file(str(Path(summary.final_uri) / "lora" / "pytorch_lora_weights.safetensors"))
+    assert all(torch.isfinite(v).all() for v in lora.values())
+
+
+def test_internal_failures_are_not_user_errors(ray_local, phantom_root, tmp_path):
+    """A worker that dies (as on OOM) fails the run with a TrainingFailure (CLI exit 1), one line
+    naming the rank, and the tracebacks in <run>/error.log; not a TrainingError (exit 2)."""
+    cfg = make_cfg(
+        phantom_root / "chest", tmp_path, "lora_sft", "dies", debug={"fail_at_step": 1, "fail_rank": 1}
+    )
+    with pytest.raises(TrainingFailure) as info:
+        run_training(cfg)
+    assert not isinstance(info.value, CraftError)
+    message = str(info.value)
+    assert "\n" not in message and "training run 'dies' failed on rank 1" in message
+    log = Path(info.value.log_path)
+    assert log == tmp_path / "dies" / "error.log" and "Traceback" in log.read_text()

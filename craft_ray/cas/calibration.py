@@ -21,10 +21,12 @@ from craft_ray.cas.dimensions import RealismReference
 from craft_ray.cas.score import CASEvaluator, EvaluatorSpec, build_evaluator
 from craft_ray.data.reading import ImageParquetDataset, collate_examples
 from craft_ray.errors import ConfigError, DataError
+from craft_ray.outputs import write_text_atomic
 
 CALIBRATION_VERSION = 1
 QUANTILES = (0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99)
-ProgressFn = Callable[[int, int], None]
+MIN_IMAGES_PER_LABEL = 20  # below this, a label's low quantile is little more than its minimum
+ProgressFn = Callable[..., None]  # (done, total[, what is being counted])
 
 
 @dataclass
@@ -41,8 +43,11 @@ class Calibration:
     version: int = CALIBRATION_VERSION
 
     def save(self, path: str | Path) -> None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        Path(path).write_text(json.dumps(asdict(self), indent=2) + "\n")
+        write_text_atomic(path, json.dumps(asdict(self), indent=2) + "\n")
+
+    def thin_labels(self, min_images: int = MIN_IMAGES_PER_LABEL) -> dict[str, int]:
+        """Labels whose threshold rests on fewer than `min_images` real images (0: no threshold)."""
+        return {label: n for label, n in self.counts.items() if n < min_images}
 
     @classmethod
     def load(cls, path: str | Path) -> Calibration:
@@ -51,13 +56,21 @@ class Calibration:
             raise ConfigError(f"calibration file not found: {path}")
         try:
             data = json.loads(path.read_text())
+            if not isinstance(data, dict) or not {"evaluator", "thresholds", "reference"} <= set(data):
+                what = (
+                    " (it is a dataset manifest)" if isinstance(data, dict) and "label_space" in data else ""
+                )
+                raise ConfigError(
+                    f"{path} is not a craft-ray calibration file{what}: pass the JSON that "
+                    "`craft cas calibrate --out` wrote"
+                )
             if data.get("version") != CALIBRATION_VERSION:
                 raise ConfigError(
                     f"{path}: calibration version {data.get('version')}, expected {CALIBRATION_VERSION}"
                 )
             return cls.from_dict(data)
-        except (json.JSONDecodeError, TypeError, KeyError) as exc:
-            raise ConfigError(f"{path}: not a craft-ray calibration file ({exc})") from None
+        except (json.JSONDecodeError, UnicodeDecodeError, TypeError, KeyError) as exc:
+            raise ConfigError(f"{path} is not a craft-ray calibration file ({exc})") from None
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Calibration:
@@ -72,6 +85,16 @@ class Calibration:
 
     def evaluator_from_spec(self) -> CASEvaluator:
         return build_evaluator(self.evaluator, self.reference)
+
+    def check_matches(self, spec: EvaluatorSpec, path: str | Path, user: str) -> None:
+        """Refuse to use this calibration for an evaluator it was not made with: another VLM's
+        embeddings or another dataset's images make its realism reference and thresholds meaningless."""
+        difference = self.evaluator.mismatch(spec)
+        if difference:
+            raise ConfigError(
+                f"calibration {path} does not match {user}: {difference} (calibration vs {user}); "
+                "recalibrate with `craft cas calibrate --config ...`"
+            )
 
 
 @dataclass
@@ -139,7 +162,7 @@ def calibrate(
     for batch in iterate_images(uri, [split], labels, batch_size, limit, skipped):
         embeddings.append(evaluator.embed(batch.images))
         if progress:
-            progress(sum(len(e) for e in embeddings), 2 * total)
+            progress(sum(len(e) for e in embeddings), total, "calibrating CAS: embedding real images (1/2)")
     if not embeddings:
         raise DataError(f"{uri} [{split}]: no images with any of the labels {labels}")
     emb = torch.cat(embeddings)
@@ -155,7 +178,7 @@ def calibrate(
         label_sets.extend(batch.label_sets)
         done += len(batch.label_sets)
         if progress:
-            progress(len(emb) + done, 2 * total)
+            progress(done, len(emb), "calibrating CAS: scoring real images (2/2)")
     scores_arr = np.asarray(scores)
     thresholds, counts, per_label = {}, {}, {}
     for label in labels:

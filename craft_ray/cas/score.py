@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import torch
 
@@ -64,7 +65,8 @@ class EvaluatorSpec:
     def from_config(
         cls, cfg: ExperimentConfig, with_mllm: bool = True, checklists: list[str] | None = None
     ) -> EvaluatorSpec:
-        """The evaluator an experiment's reward describes: its dataset labels, VLM, MLLM, weights."""
+        """The evaluator an experiment's reward describes: its dataset labels, VLM, MLLM, weights and
+        checklist overlays (`reward.checklists`, then any extra `checklists`)."""
         return cls(
             cfg.dataset.name,
             list(cfg.dataset.label_space),
@@ -72,8 +74,27 @@ class EvaluatorSpec:
             cfg.model.mllm if with_mllm else None,
             cfg.model.mllm_model if with_mllm else None,
             cfg.reward.effective_weights(),
-            list(checklists or []),
+            [*cfg.reward.checklists, *(checklists or [])],
         )
+
+    def label_space(self) -> list[str]:
+        return list(self.labels) if self.labels else list(get_dataset(self.dataset).labels)
+
+    def mismatch(self, other: EvaluatorSpec) -> str | None:
+        """How `other` differs from this spec in what a calibration depends on (dataset, VLM,
+        label space), or None. Local model paths compare by their resolved location."""
+
+        def model(spec: str) -> str:
+            return str(Path(spec).expanduser().resolve()) if Path(spec).expanduser().exists() else spec
+
+        differences = []
+        if self.dataset != other.dataset:
+            differences.append(f"dataset {self.dataset!r} vs {other.dataset!r}")
+        if model(self.vlm) != model(other.vlm):
+            differences.append(f"vlm {self.vlm!r} vs {other.vlm!r}")
+        if set(self.label_space()) != set(other.label_space()):
+            differences.append(f"labels {self.label_space()} vs {other.label_space()}")
+        return "; ".join(differences) or None
 
 
 class CASEvaluator:

@@ -33,6 +33,25 @@ from craft_ray.errors import CraftError
 app = typer.Typer(
     help="CRAFT: clinical reward-aligned fine-tuning of diffusion models, on Ray.", no_args_is_help=True
 )
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        typer.echo(f"craft-ray {version('craft-ray')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="print the version and exit"
+    ),
+) -> None:
+    """CRAFT: clinical reward-aligned fine-tuning of diffusion models, on Ray."""
+
+
 app.add_typer(data.app, name="data")
 app.add_typer(config.app, name="config")
 app.add_typer(cas.app, name="cas")
@@ -52,7 +71,7 @@ def main() -> None:
     """Exit 2 with one line for errors the user can fix (CraftError); exit 1 with one line for
     internal failures, the traceback going to a log file (or where the exception says it went)."""
     try:
-        app()
+        app()  # typer reports a bad option value itself: exit 2, the message, no traceback
     except CraftError as exc:
         err_console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
         sys.exit(2)

@@ -35,35 +35,48 @@ def _parse_weights(text: str) -> dict[str, float]:
 def _evaluator_spec(
     data: str,
     config: Path | None,
-    vlm: str,
+    vlm: str | None,
     mllm: str | None,
     weights: str | None,
     labels: str | None,
     checklists: list[Path] | None,
 ):
+    """The evaluator to calibrate: the experiment's (`--config`) or the defaults, with every option
+    the user gave applied on top (an option is never silently ignored)."""
+    import dataclasses
+
     from craft_ray.cas import EvaluatorSpec
     from craft_ray.data import read_manifest
 
     manifest = read_manifest(data)
+    overlays = [str(c) for c in checklists or []]
     if config is not None:
         from craft_ray.config import load_config
 
-        cfg = load_config(config)
+        cfg = load_config(config).resolved()
         if cfg.dataset.name != manifest.dataset:
             raise CraftError(
                 f"{config} is for dataset '{cfg.dataset.name}' but {data} holds '{manifest.dataset}'"
             )
-        return EvaluatorSpec.from_config(cfg, checklists=[str(c) for c in checklists or []])
-    label_list = [x.strip() for x in labels.split(",")] if labels else list(manifest.label_space)
-    return EvaluatorSpec(
-        manifest.dataset,
-        label_list,
-        vlm,
-        mllm,
-        None,
-        _parse_weights(weights) if weights else EvaluatorSpec(manifest.dataset).weights,
-        [str(c) for c in checklists or []],
-    )
+        spec = EvaluatorSpec.from_config(cfg, checklists=overlays)
+    else:
+        spec = EvaluatorSpec(manifest.dataset, list(manifest.label_space), "tiny", checklists=overlays)
+    overrides = {
+        "vlm": vlm,
+        "mllm": mllm,
+        "weights": _parse_weights(weights) if weights else None,
+        "labels": [x.strip() for x in labels.split(",")] if labels else None,
+    }
+    return dataclasses.replace(spec, **{k: v for k, v in overrides.items() if v is not None})
+
+
+def _check_split(uri: str, splits: list[str]) -> None:
+    from craft_ray.data import read_manifest
+
+    known = sorted(read_manifest(uri).counts)
+    unknown = [s for s in splits if s not in known]
+    if unknown:
+        raise CraftError(f"{uri} has no split(s) {unknown} (known: {', '.join(known)})")
 
 
 @app.command("calibrate")
@@ -71,13 +84,17 @@ def cas_calibrate(
     data: Annotated[str, typer.Option(help="real-image dataset directory or URI")],
     out: Annotated[Path, typer.Option(help="calibration JSON to write (thresholds + reference)")],
     split: Annotated[str, typer.Option(help="held-out split of real images")] = "val",
-    q: Annotated[float, typer.Option(help="threshold quantile of real-image CAS")] = 0.05,
+    q: Annotated[float, typer.Option(help="threshold quantile of real-image CAS, in (0, 1)")] = 0.05,
     config: Annotated[
-        Path | None, typer.Option(help="take VLM, MLLM, weights and labels from an experiment")
+        Path | None,
+        typer.Option(
+            help="take VLM, MLLM, weights, labels and checklists from an experiment (options given override it)"
+        ),
     ] = None,
     vlm: Annotated[
-        str, typer.Option(help="CLIP-family scorer: tiny | small | path | open_clip:<name>")
-    ] = "tiny",
+        str | None,
+        typer.Option(help="CLIP-family scorer: tiny | small | path | open_clip:<name> (default: tiny)"),
+    ] = None,
     mllm: Annotated[
         str | None, typer.Option(help="VQA scorer for checklists: tiny | path | http URL")
     ] = None,
@@ -90,16 +107,29 @@ def cas_calibrate(
     checklists: Annotated[
         list[Path] | None, typer.Option(help="extra checklist YAML layered on the static base")
     ] = None,
-    batch_size: Annotated[int, typer.Option()] = 32,
-    limit: Annotated[int | None, typer.Option(help="use at most this many images")] = None,
+    batch_size: Annotated[int, typer.Option(min=1)] = 32,
+    limit: Annotated[int | None, typer.Option(min=1, help="use at most this many images")] = None,
+    overwrite: Annotated[bool, typer.Option(help="replace --out if it exists")] = False,
 ) -> None:
     """Compute per-label real-image CAS thresholds and the realism reference."""
     from craft_ray.cas import calibrate
+    from craft_ray.outputs import check_output
 
+    if not 0.0 < q < 1.0:
+        raise CraftError(f"--q must be in (0, 1), got {q}")
+    check_output(out, overwrite)
+    _check_split(data, [split])
     spec = _evaluator_spec(data, config, vlm, mllm, weights, labels, checklists)
     with progress_bar("calibrating CAS") as update:
         calibration = calibrate(spec, data, split, q, batch_size, limit, progress=update)
     calibration.save(out)
+    _print_calibration(calibration, data, split, q)
+    console.print(f"wrote {out}", soft_wrap=True)
+
+
+def _print_calibration(calibration, data: str, split: str, q: float) -> None:
+    from craft_ray.cas.calibration import MIN_IMAGES_PER_LABEL
+
     table = Table(title=escape(f"real-image CAS on {data} [{split}], q={q}"))
     for col in ("label", "images", "mean", f"threshold (q={q})"):
         table.add_column(col, justify="right")
@@ -112,9 +142,21 @@ def cas_calibrate(
             f"{calibration.thresholds[label]:.4f}" if label in calibration.thresholds else "-",
         )
     console.print(table)
+    for label, count in calibration.thin_labels().items():
+        if count == 0:
+            meaning = "it gets no threshold; `cas score` reports its images as having none"
+        else:
+            meaning = (
+                f"its threshold is interpolated between its lowest real scores, not an estimate of the "
+                f"{q:g}-quantile (use at least {MIN_IMAGES_PER_LABEL} images, and 1/q for a stable quantile)"
+            )
+        console.print(
+            f"[yellow]warning: {label} rests on {count} real image(s): {meaning}",
+            highlight=False,
+            soft_wrap=True,
+        )
     if calibration.skipped:
         console.print(f"[yellow]{calibration.skipped} image(s) had none of the labels and were skipped")
-    console.print(f"wrote {out}")
 
 
 @app.command("score")
@@ -126,15 +168,15 @@ def cas_score(
         ),
     ],
     thresholds: Annotated[Path, typer.Option(help="calibration JSON from `craft cas calibrate`")],
-    out: Annotated[Path, typer.Option(help="per-image scores parquet to write")],
+    out: Annotated[
+        Path, typer.Option(help="per-image scores parquet to write (the tail report goes beside it)")
+    ],
     split: Annotated[list[str] | None, typer.Option(help="split(s) to score (default: all)")] = None,
-    batch_size: Annotated[int, typer.Option()] = 32,
-    n_boot: Annotated[int, typer.Option(help="bootstrap resamples for the tail CI")] = 2000,
-    seed: Annotated[int, typer.Option()] = 0,
+    batch_size: Annotated[int, typer.Option(min=1)] = 32,
+    overwrite: Annotated[bool, typer.Option(help="replace --out and its .tail.json if they exist")] = False,
 ) -> None:
     """Score images with the calibrated evaluator; write per-image scores and the tail report."""
     import json
-    from dataclasses import asdict
 
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -143,7 +185,13 @@ def cas_score(
     from craft_ray.cas.tail import image_threshold
     from craft_ray.data import read_manifest
     from craft_ray.data.folder import resolve_images
+    from craft_ray.outputs import atomic_file, check_output, same_path
 
+    tail_path = out.with_suffix(".tail.json")
+    for path in (out, tail_path):
+        if same_path(path, thresholds):
+            raise CraftError(f"--out would overwrite the calibration {thresholds}; choose another --out")
+        check_output(path, overwrite)
     calibration = Calibration.load(thresholds)
     images = resolve_images(images, calibration.evaluator.dataset)
     manifest = read_manifest(images)
@@ -151,28 +199,49 @@ def cas_score(
         raise CraftError(
             f"{images} holds '{manifest.dataset}' but {thresholds} was calibrated for '{calibration.evaluator.dataset}'"
         )
-    evaluator = calibration.evaluator_from_spec()
     splits = split or sorted(manifest.counts)
+    _check_split(images, splits)
+    evaluator = calibration.evaluator_from_spec()
     with progress_bar("scoring CAS") as update:
         rows, skipped = score_images(evaluator, images, splits, batch_size, progress=update)
     for row in rows:
         row["threshold"] = image_threshold(row["labels"], calibration.thresholds)
-        row["below_threshold"] = bool(row["cas"] < row["threshold"])
-    out.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.Table.from_pylist(rows), out)
-    report = tail_report(
-        [r["cas"] for r in rows], [r["labels"] for r in rows], calibration.thresholds, n_boot, seed=seed
-    )
-    tail_path = out.with_suffix(".tail.json")
-    tail_path.write_text(json.dumps([asdict(r) for r in report], indent=2) + "\n")
-    table = Table(
-        title=f"low-alignment tail of {images} (CAS below the real-image q={calibration.q} threshold)"
-    )
-    for col in ("group", "images", "below", "share", "95% CI"):
-        table.add_column(col, justify="right")
-    for r in report:
-        table.add_row(r.group, str(r.n), str(r.below), f"{r.share:.3f}", f"[{r.ci_low:.3f}, {r.ci_high:.3f}]")
-    console.print(table)
+        known = row["threshold"] is not None and row["cas"] == row["cas"]  # NaN != NaN
+        row["below_threshold"] = bool(row["cas"] < row["threshold"]) if known else None
+    report = tail_report([r["cas"] for r in rows], [r["labels"] for r in rows], calibration.thresholds)
+    with atomic_file(out) as tmp_scores, atomic_file(tail_path) as tmp_tail:
+        pq.write_table(pa.Table.from_pylist(rows), tmp_scores)
+        tmp_tail.write_text(json.dumps([r.as_json() for r in report], indent=2, allow_nan=False) + "\n")
+    _print_tail(report, images, calibration.q)
     if skipped:
         console.print(f"[yellow]{len(skipped)} image(s) had none of the calibrated labels and were skipped")
-    console.print(f"wrote {out} and {tail_path}")
+    console.print(f"wrote {out} and {tail_path}", soft_wrap=True)
+
+
+def _print_tail(report, images: str, q: float) -> None:
+    from craft_ray.cas.tail import CI_METHOD
+
+    def fmt(value) -> str:
+        return "-" if value is None else f"{value:.3f}"
+
+    table = Table(title=escape(f"low-alignment tail of {images} (CAS below the real-image q={q} threshold)"))
+    for col in ("group", "images", "below", "share", "95% CI", "NaN score", "no threshold"):
+        table.add_column(col, justify="right")
+    for r in report:
+        ci = "-" if r.ci_low is None else f"[{r.ci_low:.3f}, {r.ci_high:.3f}]"
+        table.add_row(
+            r.group, str(r.n), str(r.below), fmt(r.share), ci, str(r.nan_scores), str(r.no_threshold)
+        )
+    table.caption = (
+        f"images: those the share rests on (a finite score and a threshold); CI: {CI_METHOD}; images "
+        "with a NaN score or no threshold for any label are counted in their columns, not in the share"
+    )
+    console.print(table)
+    overall = report[-1]
+    if overall.no_threshold or overall.nan_scores:
+        console.print(
+            f"[yellow]warning: {overall.no_threshold} image(s) have no threshold (none of their labels was "
+            f"calibrated) and {overall.nan_scores} a NaN score; they are not in the shares",
+            highlight=False,
+            soft_wrap=True,
+        )

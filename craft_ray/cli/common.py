@@ -16,21 +16,30 @@ err_console = Console(stderr=True)
 
 @contextlib.contextmanager
 def progress_bar(description: str) -> Iterator:
-    """Yields a (done, total) callback that drives a rich progress bar."""
-    with Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=err_console,
-        transient=False,
-    ) as progress:
-        task = progress.add_task(description, total=None)
+    """Yields an update(done, total[, description]) callback driving a rich progress bar. The bar
+    appears at the first update, so a command that fails before any work shows no empty bar."""
+    state: dict = {}
 
-        def update(done: int, total: int) -> None:
-            progress.update(task, completed=done, total=total)
+    def update(done: int, total: int, what: str | None = None) -> None:
+        if "progress" not in state:
+            state["progress"] = Progress(
+                TextColumn("[bold]{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                console=err_console,
+                transient=False,
+            )
+            state["progress"].start()
+            state["task"] = state["progress"].add_task(description, total=total)
+        extra = {"description": what} if what else {}
+        state["progress"].update(state["task"], completed=done, total=total, **extra)
 
+    try:
         yield update
+    finally:
+        if "progress" in state:
+            state["progress"].stop()
 
 
 def print_manifest(manifest, out: Path | str) -> None:

@@ -27,26 +27,36 @@ def data_convert(
     splits: Annotated[str, typer.Option(help="split fractions")] = "train=0.8,val=0.1,test=0.1",
     uncertainty: Annotated[str, typer.Option(help="CheXpert -1 labels: ones | zeros | ignore")] = "ignore",
     frontal_only: Annotated[bool, typer.Option(help="CheXpert: keep frontal views only")] = False,
-    threads: Annotated[int, typer.Option(help="decoding threads")] = 4,
+    pool_valid: Annotated[
+        bool,
+        typer.Option(help="CheXpert: pool valid.csv into the random splits (default: its own split 'valid')"),
+    ] = False,
+    threads: Annotated[int, typer.Option(min=1, help="decoding threads")] = 4,
+    overwrite: Annotated[bool, typer.Option(help="replace an existing dataset in --out")] = False,
 ) -> None:
     """Convert a public dataset layout into canonical parquet shards + manifest."""
     from craft_ray.data.converters import ConvertOptions, convert
     from craft_ray.data.splits import parse_fractions
+    from craft_ray.data.writer import check_dataset_output
 
     if uncertainty not in ("ones", "zeros", "ignore"):
         raise CraftError(f"--uncertainty must be ones, zeros or ignore, got {uncertainty!r}")
     if size is not None and size < 8:
         raise CraftError(f"--size must be at least 8, got {size}")
+    if pool_valid and dataset != "chexpert":
+        raise CraftError("--pool-valid applies to --dataset chexpert only")
+    check_dataset_output(out, overwrite)
     options = ConvertOptions(
         fractions=parse_fractions(splits),
         seed=seed,
         size=size,
         uncertainty=uncertainty,  # type: ignore[arg-type]
         frontal_only=frontal_only,
+        pool_valid=pool_valid,
         threads=threads,
     )
     with progress_bar(f"converting {dataset}") as update:
-        manifest = convert(dataset, source, out, options, progress=update)
+        manifest = convert(dataset, source, out, options, progress=update, overwrite=overwrite)
     print_manifest(manifest, out)
 
 
@@ -54,18 +64,20 @@ def data_convert(
 def data_phantom(
     modality: Annotated[str, typer.Option(help="chest | derm | fundus | histo")],
     out: Annotated[Path, typer.Option(help="output directory (must be empty or absent)")],
-    n: Annotated[int, typer.Option(help="number of images")] = 1000,
-    size: Annotated[int, typer.Option(help="image side in pixels")] = 64,
+    n: Annotated[int, typer.Option(min=1, help="number of images")] = 1000,
+    size: Annotated[int, typer.Option(min=16, max=2048, help="image side in pixels")] = 64,
     seed: Annotated[int, typer.Option(help="seed: same seed, byte-identical output")] = 0,
     splits: Annotated[str, typer.Option(help="split fractions")] = "train=0.8,val=0.1,test=0.1",
+    overwrite: Annotated[bool, typer.Option(help="replace an existing dataset in --out")] = False,
 ) -> None:
     """Generate a phantom dataset with known, stored findings."""
     from craft_ray.data.phantoms import make_phantom_dataset
     from craft_ray.data.splits import parse_fractions
 
+    fractions = parse_fractions(splits)
     with progress_bar(f"phantom {modality}") as update:
         manifest = make_phantom_dataset(
-            modality, n, out, size, seed, parse_fractions(splits), progress=update
+            modality, n, out, size, seed, fractions, progress=update, overwrite=overwrite
         )
     print_manifest(manifest, out)
 

@@ -50,3 +50,14 @@ def assign_splits(patient_ids: Iterable[str], fractions: dict[str, float], seed:
             assignment[patients[idx]] = name
         start = stop
     return assignment
+
+
+def check_no_empty_split(assignment: dict[str, str], fractions: dict[str, float], what: str) -> None:
+    """Refuse before any work when a split with a positive fraction would get no patient."""
+    empty = [name for name, f in fractions.items() if f > 0 and name not in set(assignment.values())]
+    if empty:
+        wanted = ",".join(f"{k}={v:g}" for k, v in fractions.items())
+        raise ConfigError(
+            f"{what} leave split(s) {', '.join(empty)} empty with fractions {wanted}: "
+            "use more images or other --splits"
+        )

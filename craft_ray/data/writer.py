@@ -19,8 +19,23 @@ from craft_ray.data.schema import (
     Reject,
 )
 from craft_ray.errors import DataError
+from craft_ray.outputs import check_output
 
 ROW_GROUP_SIZE = 64  # small row groups keep random access by training workers cheap
+
+
+def check_dataset_output(out: str | Path, overwrite: bool = False) -> Path:
+    """A dataset directory may be written where nothing is, in an empty directory, or (with
+    --overwrite) over an existing dataset; never over other files, even with --overwrite."""
+    out = check_output(out, overwrite=True, kind="dir")
+    if out.is_dir() and any(out.iterdir()):
+        if not (out / MANIFEST_NAME).is_file():
+            raise DataError(
+                f"{out} is not empty and holds no craft-ray dataset; choose an empty or new directory"
+            )
+        if not overwrite:
+            raise DataError(f"{out} already holds a dataset; choose another directory or pass --overwrite")
+    return out
 
 
 class DatasetWriter:

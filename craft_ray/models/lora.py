@@ -1,7 +1,9 @@
 """LoRA on the UNet attention through peft, saved in the diffusers format.
 
 A saved directory holds `pytorch_lora_weights.safetensors`, which
-`StableDiffusionPipeline.load_lora_weights(dir)` loads onto the base model.
+`StableDiffusionPipeline.load_lora_weights(dir)` loads onto the base model. The file's metadata
+carries the adapter config (rank, alpha, target modules): without it diffusers assumes
+alpha = rank, and an adapter trained with alpha != rank would reload at the wrong strength.
 """
 
 from __future__ import annotations
@@ -47,12 +49,33 @@ def lora_state_dict(unet: UNet2DConditionModel) -> dict[str, torch.Tensor]:
     return convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
 
 
+def lora_config(unet: UNet2DConditionModel, adapter_name: str = "default") -> dict:
+    """The adapter's peft config as plain data (what diffusers stores as LoRA metadata)."""
+    unet = getattr(unet, "module", unet)
+    return unet.peft_config[adapter_name].to_dict()
+
+
+def lora_summary(unet: UNet2DConditionModel) -> dict:
+    """rank, alpha and target modules of the UNet's adapter (for model cards)."""
+    config = lora_config(unet)
+    return {
+        "rank": int(config["r"]),
+        "alpha": float(config["lora_alpha"]),
+        "targets": sorted(config["target_modules"]),
+    }
+
+
 def save_lora(unet: UNet2DConditionModel, directory: str | Path) -> Path:
     directory = Path(directory)
     state = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in lora_state_dict(unet).items()}
     if not all(torch.isfinite(v).all() for v in state.values()):
         raise ModelError("refusing to save LoRA weights with NaN or Inf values")
-    StableDiffusionPipeline.save_lora_weights(str(directory), unet_lora_layers=state, safe_serialization=True)
+    StableDiffusionPipeline.save_lora_weights(
+        str(directory),
+        unet_lora_layers=state,
+        safe_serialization=True,
+        unet_lora_adapter_metadata=lora_config(unet),
+    )
     return directory / LORA_WEIGHTS_NAME
 
 

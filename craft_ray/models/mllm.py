@@ -8,7 +8,10 @@
 - `RemoteMLLMScorer`: the same question to an OpenAI-compatible endpoint (vLLM, Ray Serve LLM)
   with `logprobs`; evaluation only, not differentiable. When 'yes' or 'no' is outside the top 20
   it asks once more for the whole vocabulary (`top_logprobs: -1`), which endpoints configured
-  with `max_logprobs: -1` serve (serve/mllm-cpu.yaml does): then P(yes) is exact.
+  with `max_logprobs: -1` serve (serve/mllm-cpu.yaml does): then P(yes) is exact. Transient
+  failures (connection errors, timeouts, HTTP 429/5xx) are retried with exponential backoff
+  (urllib3's `Retry`); if they persist, an `EndpointError` says so (training counts such steps
+  apart from non-finite ones).
 """
 
 from __future__ import annotations
@@ -25,14 +28,17 @@ import requests
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from requests.adapters import HTTPAdapter
+from urllib3.util.retry import Retry
 
-from craft_ray.errors import ModelError, ScoringError
+from craft_ray.errors import EndpointError, ModelError, ScoringError
 from craft_ray.models.tokenizer import tiny_chat_tokenizer
 from craft_ray.models.vlm import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, prepare_pixels
 
 ANSWER_SUFFIX = " Answer yes or no."
 WHOLE_VOCABULARY = -1  # top_logprobs=-1: every token (vLLM's convention)
 YES_WORDS, NO_WORDS = ("Yes", "yes", " Yes", " yes"), ("No", "no", " No", " no")
+RETRY_STATUS = (429, 500, 502, 503, 504)  # worth asking again: overload, restarts, gateways
 TINY_CHAT_TEMPLATE = (
     "{% for message in messages %}USER: {% for part in message['content'] %}"
     "{% if part['type'] == 'image' %}<image>\n{% else %}{{ part['text'] }}{% endif %}{% endfor %}\n{% endfor %}"
@@ -242,6 +248,8 @@ class RemoteMLLMScorer:
         timeout: float = 60.0,
         top_logprobs: int = 20,
         concurrency: int = 8,
+        retries: int = 4,
+        backoff: float = 0.5,
     ):
         self.base_url = base_url.rstrip("/").removesuffix("/v1")
         self.model, self.timeout, self.top_logprobs, self.concurrency = (
@@ -250,10 +258,30 @@ class RemoteMLLMScorer:
             top_logprobs,
             concurrency,
         )
+        self.retries = retries
         self.name = f"remote:{self.base_url}"
         self.session = requests.Session()
+        retry = Retry(
+            total=retries,
+            backoff_factor=backoff,  # waits 0, 2b, 4b, ... seconds between attempts
+            status_forcelist=RETRY_STATUS,
+            allowed_methods=None,  # POST too: asking a question again has no side effect
+            raise_on_status=False,  # the last answer comes back and says what went wrong
+        )
+        adapter = HTTPAdapter(max_retries=retry, pool_maxsize=concurrency)
+        self.session.mount("http://", adapter)
+        self.session.mount("https://", adapter)
         if api_key:
             self.session.headers["Authorization"] = f"Bearer {api_key}"
+
+    def _endpoint_error(self, route: str, exc: requests.RequestException) -> ModelError:
+        """Transient failures that outlived the retries -> EndpointError; others (4xx) -> ModelError."""
+        status = exc.response.status_code if exc.response is not None else None
+        if status is None or status in RETRY_STATUS:
+            return EndpointError(
+                f"MLLM endpoint {self.base_url}{route}: still failing after {self.retries} retries ({exc})"
+            )
+        return ModelError(f"MLLM endpoint {self.base_url}{route}: {exc}")
 
     def _model_name(self) -> str:
         if self.model is None:
@@ -267,9 +295,14 @@ class RemoteMLLMScorer:
         try:
             resp = self.session.get(self.base_url + route, timeout=self.timeout)
             resp.raise_for_status()
+        except requests.RequestException as exc:
+            raise self._endpoint_error(route, exc) from None
+        try:
             return resp.json()
-        except (requests.RequestException, ValueError) as exc:
-            raise ModelError(f"MLLM endpoint {self.base_url}{route}: {exc}") from None
+        except ValueError as exc:
+            raise ModelError(
+                f"MLLM endpoint {self.base_url}{route}: the answer is not JSON ({exc})"
+            ) from None
 
     def _top_logprobs(self, image: torch.Tensor, question: str, k: int) -> list[dict] | None:
         """The first answer token's top-k logprobs; None when the endpoint refuses k (HTTP 400)."""
@@ -289,13 +322,17 @@ class RemoteMLLMScorer:
             "logprobs": True,
             "top_logprobs": k,
         }
+        route = "/v1/chat/completions"
         try:
-            resp = self.session.post(self.base_url + "/v1/chat/completions", json=body, timeout=self.timeout)
+            resp = self.session.post(self.base_url + route, json=body, timeout=self.timeout)
             if resp.status_code == 400 and k == WHOLE_VOCABULARY:
                 return None
             resp.raise_for_status()
+        except requests.RequestException as exc:
+            raise self._endpoint_error(route, exc) from None
+        try:
             return resp.json()["choices"][0]["logprobs"]["content"][0]["top_logprobs"]
-        except (requests.RequestException, ValueError, KeyError, IndexError, TypeError) as exc:
+        except (ValueError, KeyError, IndexError, TypeError) as exc:
             raise ModelError(
                 f"MLLM endpoint {self.base_url}: no usable logprobs in the answer ({exc})"
             ) from None

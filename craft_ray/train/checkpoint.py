@@ -22,7 +22,7 @@ from safetensors.torch import load_file
 
 from craft_ray.config import ExperimentConfig
 from craft_ray.errors import ModelError, TrainingError
-from craft_ray.models.lora import LORA_WEIGHTS_NAME, save_lora
+from craft_ray.models.lora import LORA_WEIGHTS_NAME, lora_summary, save_lora
 from craft_ray.train.context import unwrap
 
 STATE_NAME = "trainer_state.pt"
@@ -68,6 +68,8 @@ def write_checkpoint(
         "labels": list(cfg.dataset.label_space),
         "resolution": cfg.dataset.resolution,
     }
+    if adapter == "lora":
+        card["lora"] = lora_summary(unet)  # also in the safetensors metadata, which diffusers reads
     (directory / MODEL_CARD).write_text(json.dumps(card, indent=2) + "\n")
     (directory / "config.yaml").write_text(cfg.to_yaml())
 
@@ -81,6 +83,11 @@ def restore_checkpoint(
 ) -> tuple[int, dict[str, float]]:
     """Load weights, optimiser and scheduler state into the live objects; return (step, counters)."""
     unet = unwrap(unet)
+    card = read_model_card(directory)
+    if adapter == "lora" and card.get("lora") and card["lora"] != lora_summary(unet):
+        raise TrainingError(
+            f"cannot resume from {directory}: its LoRA is {card['lora']}, the config asks for {lora_summary(unet)}"
+        )
     try:
         if adapter == "lora":
             weights = load_file(str(directory / "lora" / LORA_WEIGHTS_NAME))

@@ -115,9 +115,11 @@ class TrainContext:
         return self.session.device
 
     def autocast(self) -> contextlib.AbstractContextManager:
+        """The precision of every forward pass of a step: sampling (`plan`) and losses alike, so
+        that log-probabilities recorded while sampling match those re-computed for the update."""
         mode = self.cfg.training.mixed_precision
-        if self.device.type == "cuda" and mode in ("auto", "bf16"):
-            return torch.autocast("cuda", dtype=torch.bfloat16)
+        if mode == "bf16" or (mode == "auto" and self.device.type == "cuda"):
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
     # -- randomness ------------------------------------------------------------------------
@@ -232,8 +234,18 @@ class TrainContext:
         return F.mse_loss(pred.float(), target.float())
 
 
+def reward_calibration(cfg: ExperimentConfig) -> Calibration | None:
+    """`reward.calibration`, checked against the config's evaluator (same dataset, VLM, labels)."""
+    if not cfg.reward.calibration:
+        return None
+    calibration = Calibration.load(cfg.reward.calibration)
+    calibration.check_matches(EvaluatorSpec.from_config(cfg), cfg.reward.calibration, "the config's reward")
+    return calibration
+
+
 def build_evaluator_for(cfg: ExperimentConfig, device: torch.device, with_mllm: bool) -> CASEvaluator:
-    """The reward model of a run: the config's evaluator (the MLLM only for evaluation-path rewards),
-    with the realism reference of `reward.calibration` when one is given."""
-    reference = Calibration.load(cfg.reward.calibration).reference if cfg.reward.calibration else None
+    """The reward model of a run: the config's evaluator (the MLLM only for evaluation-path rewards,
+    checklist overlays from `reward.checklists`), with the realism reference of `reward.calibration`."""
+    calibration = reward_calibration(cfg)
+    reference = calibration.reference if calibration else None
     return build_evaluator(EvaluatorSpec.from_config(cfg, with_mllm), reference).to(device)

@@ -17,7 +17,9 @@ from diffusers import DDIMScheduler
 @dataclass
 class DDIMStep:
     prev_sample: torch.Tensor
-    log_prob: torch.Tensor | None  # (B,) mean log-density per element; None when eta == 0
+    # (B,) mean log-density per element; None when the step is deterministic (eta == 0, or the
+    # zero-variance last step of a `set_alpha_to_one` scheduler), where no density exists
+    log_prob: torch.Tensor | None
     pred_original: torch.Tensor
 
 
@@ -36,6 +38,16 @@ class DDIMSampler:
         alpha = self.alphas_cumprod[t]
         alpha_prev = self.alphas_cumprod[prev_t] if prev_t >= 0 else self.final_alpha_cumprod
         return alpha, alpha_prev
+
+    def _std(self, t: torch.Tensor, eta: float) -> torch.Tensor:
+        alpha, alpha_prev = self._alphas(t)
+        variance = (1 - alpha_prev) / (1 - alpha) * (1 - alpha / alpha_prev)
+        return eta * variance.clamp(min=0).sqrt()
+
+    def stochastic_steps(self, eta: float) -> list[int]:
+        """Indices of the sampler steps whose transition has a density (non-zero variance): the
+        ones DDPO can train on."""
+        return [i for i, t in enumerate(self.timesteps) if float(self._std(t, eta)) > 0]
 
     def step(
         self,
@@ -58,14 +70,15 @@ class DDIMSampler:
         else:  # "sample"
             x0 = model_output
             eps = (sample - alpha.sqrt() * x0) / beta.sqrt()
-        variance = (1 - alpha_prev) / (1 - alpha) * (1 - alpha / alpha_prev)
-        std = eta * variance.clamp(min=0).sqrt()
+        std = self._std(t, eta)
         mean = alpha_prev.sqrt() * x0 + (1 - alpha_prev - std**2).clamp(min=0).sqrt() * eps
         if eta == 0:
             return DDIMStep(mean, None, x0)
         if prev_sample is None:
             noise = torch.randn(sample.shape, generator=generator, device=sample.device, dtype=sample.dtype)
             prev_sample = mean + std * noise
+        if not float(std) > 0:
+            return DDIMStep(prev_sample, None, x0)
         log_prob = (
             -((prev_sample.detach() - mean) ** 2) / (2 * std**2)
             - torch.log(std)

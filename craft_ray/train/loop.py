@@ -1,40 +1,52 @@
 """The one training loop every method shares (one Ray Train worker, or a plain process).
 
-Per step: the method plans one or more optimiser updates, each of micro-batches; each loss is
-back-propagated (DDP synchronises on an update's last micro-batch); all ranks agree whether the
-update was finite; a finite update is clipped and applied, a non-finite one is skipped and
-counted, and too many in a row stop the run with a clear error.
-Every `checkpoint_every` steps rank 0 writes a checkpoint (after checking the frozen weights did
-not move) and all ranks report; on (re)start the loop resumes from the latest checkpoint.
+Per step: the method plans the step's optimiser updates, each a list of micro-batches (under the
+same autocast as the losses, so DDPO's sampling-time log-probabilities match the re-scored ones).
+Each micro-batch's loss is back-propagated locally. Before any gradient crosses ranks, all ranks
+agree whether the update is usable (one all-reduced status: no error and everything finite
+everywhere); only then are the gradients averaged, clipped and applied. Whatever fails on one rank,
+every rank makes the same collective calls in the same order, so a failure never hangs the others.
+
+Skipped updates are counted by kind: `skipped_nonfinite` (NaN/Inf loss, gradients or pixels) and
+`skipped_errors` (e.g. a remote MLLM that stayed unavailable after its retries);
+`training.max_nonfinite_steps` / `training.max_error_steps` of them in a row stop the run with an
+error naming the step. Every `checkpoint_every` steps rank 0 writes a checkpoint (after checking
+that the frozen weights did not move) and all ranks report; on (re)start the loop resumes from the
+latest checkpoint.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import sys
 import time
 from collections import defaultdict
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from diffusers.optimization import get_scheduler
 
 from craft_ray.config import ExperimentConfig
-from craft_ray.errors import CraftError, TrainingError
+from craft_ray.errors import CraftError, EndpointError, ScoringError, TrainingError
 from craft_ray.models.diffusion import build_diffusion
 from craft_ray.train.checkpoint import restore_checkpoint, write_checkpoint
 from craft_ray.train.context import TrainContext, build_evaluator_for, derive_seed
-from craft_ray.train.methods import get_method
+from craft_ray.train.guards import FrozenFingerprint
+from craft_ray.train.methods import Method, get_method
 from craft_ray.train.session import TrainSession, scratch_dir
 
 FATAL_KEY = "fatal_error"
 HISTORY_KEY = "history"
 
+# Update status, agreed across ranks by an all-reduced max: any failure anywhere skips everywhere.
+OK, ERROR, NONFINITE = 0, 1, 2
+SKIP_COUNTERS = {ERROR: "skipped_errors", NONFINITE: "skipped_nonfinite"}
 
-def frozen_checksum(module: torch.nn.Module) -> float:
-    with torch.no_grad():
-        return float(sum(p.double().abs().sum() for p in module.parameters() if not p.requires_grad))
+
+def _status_of(exc: CraftError) -> int:
+    """NaN or Inf pixels reaching the reward mean the model diverged; anything else is an error."""
+    return NONFINITE if isinstance(exc, ScoringError) else ERROR
 
 
 def _inject_failure(cfg: ExperimentConfig, session: TrainSession, step: int, run_uri: str | None) -> None:
@@ -52,158 +64,277 @@ def _inject_failure(cfg: ExperimentConfig, session: TrainSession, step: int, run
         os._exit(1)
 
 
-def _mean_across_ranks(
-    session: TrainSession, values: dict[str, float], device: torch.device
-) -> dict[str, float]:
-    keys = sorted(values)
-    tensor = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=device)
-    tensor = session.all_reduce(tensor, "sum") / session.world_size
-    return dict(zip(keys, tensor.tolist(), strict=True))
+def _inject_error(cfg: ExperimentConfig, session: TrainSession, step: int, where: str) -> None:
+    """debug.raise_in_{plan,loss}_steps: rank `debug.raise_rank` fails as a dead MLLM endpoint would."""
+    steps = cfg.debug.raise_in_plan_steps if where == "plan" else cfg.debug.raise_in_loss_steps
+    if step in steps and session.rank == cfg.debug.raise_rank:
+        raise EndpointError(f"debug: injected endpoint failure in {where} at step {step}")
+
+
+@dataclass
+class UpdateResult:
+    status: int
+    loss: float
+    grad_norm: float
+    metrics: dict[str, list[float]]
+
+
+@dataclass
+class Streaks:
+    """Skipped updates in a row, per kind, and the last error message (for the stop message)."""
+
+    counts: dict[int, int] = field(default_factory=lambda: {ERROR: 0, NONFINITE: 0})
+    last_error: str | None = None
+
+    def record(self, status: int) -> None:
+        for kind in self.counts:
+            self.counts[kind] = self.counts[kind] + 1 if kind == status else 0
+
+
+class TrainingRun:
+    """One worker's training state: models, optimiser, counters; `step()` runs one training step."""
+
+    def __init__(self, cfg: ExperimentConfig, session: TrainSession, run_uri: str | None):
+        torch.manual_seed(derive_seed(cfg.seed, session.rank, 99))
+        self.cfg, self.session, self.run_uri = cfg, session, run_uri
+        self.method: Method = get_method(cfg.method)
+        components = build_diffusion(cfg.model.base, cfg.model.revision).freeze()
+        self.trainable = self.method.trainable_parameters(components, cfg)
+        components.to(session.device)
+        unet = session.prepare_model(components.unet) if self.trainable else components.unet
+        evaluator = (
+            build_evaluator_for(cfg, session.device, self.method.reward_with_mllm)
+            if self.method.uses_reward
+            else None
+        )
+        self.ctx = TrainContext(cfg, session, components, unet, self.trainable, evaluator=evaluator)
+        self.method.setup(self.ctx)
+        self.frozen = FrozenFingerprint(components.unet)
+        t = cfg.training
+        self.optimizer = (
+            torch.optim.AdamW(self.trainable, lr=t.learning_rate, weight_decay=t.weight_decay)
+            if self.trainable
+            else None
+        )
+        self.lr_scheduler = (
+            get_scheduler("constant_with_warmup", self.optimizer, num_warmup_steps=t.warmup_steps)
+            if self.optimizer
+            else None
+        )
+        self.counters = {"skipped_steps": 0.0, "skipped_nonfinite": 0.0, "skipped_errors": 0.0}
+        self.streaks = Streaks()
+        self.pending: list[dict[str, Any]] = []  # per-step records since the last report
+        self.n_updates = self.method.updates_per_step(cfg)
+
+    # -- collectives: every rank calls these in the same order ---------------------------------
+    def agree(self, status: int) -> int:
+        flag = torch.tensor([float(status)], device=self.session.device)
+        return int(self.session.all_reduce(flag, "max").item())
+
+    def mean_across_ranks(self, values: dict[str, list[float]]) -> dict[str, float]:
+        """Mean of each metric over every value any rank recorded (ranks may miss some keys)."""
+        merged: dict[str, list[float]] = defaultdict(list)
+        for rank_values in self.session.all_gather_object(dict(values)):
+            for key, vals in rank_values.items():
+                merged[key].extend(vals)
+        return {key: sum(vals) / len(vals) for key, vals in merged.items() if vals}
+
+    # -- one step ------------------------------------------------------------------------------
+    def note(self, status: int, message: str) -> int:
+        self.streaks.last_error = message
+        print(f"[rank {self.session.rank}] skipping {message}", file=sys.stderr, flush=True)
+        return status
+
+    def plan(self, step: int):
+        """The method's plan for the step, or (None, status) when it failed on this rank."""
+        try:
+            _inject_error(self.cfg, self.session, step + 1, "plan")
+            with self.ctx.autocast():
+                plan = self.method.plan(self.ctx, step)
+        except CraftError as exc:
+            return None, self.note(_status_of(exc), f"step {step + 1}: {exc}")
+        if len(plan.updates) != self.n_updates:
+            raise TrainingError(
+                f"{self.method.name} planned {len(plan.updates)} updates, expected {self.n_updates}"
+            )
+        return plan, OK
+
+    def micro_batch(self, micro: Any, step: int, index: int, n_micro: int) -> tuple[int, float, dict]:
+        """Forward and local backward of one micro-batch: (status, loss, metrics)."""
+        cfg, completed = self.cfg, step + 1
+        try:
+            if index == 0:
+                _inject_error(cfg, self.session, completed, "loss")
+            with self.ctx.autocast():
+                loss, metrics = self.method.loss(self.ctx, micro, step, index)
+            if completed in cfg.debug.nonfinite_steps and self.session.rank == 0:
+                loss = loss * float("nan")
+        except CraftError as exc:  # e.g. the reward met NaN pixels, or the MLLM endpoint stayed down
+            return self.note(_status_of(exc), f"step {completed}: {exc}"), float("nan"), {}
+        if not torch.isfinite(loss.detach()):
+            return NONFINITE, float("nan"), {}
+        (loss / n_micro).backward()  # local only: gradients are averaged once all ranks agree
+        return OK, float(loss.detach()), metrics
+
+    def update(self, micro_batches: list[Any], step: int, first_index: int) -> UpdateResult:
+        """One optimiser update: local micro-batches, agreement, then average, clip and step (or skip)."""
+        status, losses, metrics = OK, [], defaultdict(list)
+        for position, micro in enumerate(micro_batches):
+            if status != OK:
+                break  # this rank's update is lost; the others learn it at the agreement below
+            status, loss, micro_metrics = self.micro_batch(
+                micro, step, first_index + position, len(micro_batches)
+            )
+            losses.append(loss)
+            for key, value in micro_metrics.items():
+                metrics[key].append(float(value))
+        if status == OK and not all(
+            torch.isfinite(p.grad).all() for p in self.trainable if p.grad is not None
+        ):
+            status = NONFINITE
+        status = self.agree(status)
+        if status != OK:
+            self.optimizer.zero_grad(set_to_none=True)
+            return self.skip_update(status, metrics)
+        self.streaks.record(OK)
+        self.session.average_gradients(self.trainable)
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.trainable, self.cfg.training.max_grad_norm))
+        self.optimizer.step()
+        self.lr_scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return UpdateResult(OK, sum(losses) / len(losses), grad_norm, metrics)
+
+    def step(self, step: int) -> dict[str, Any]:
+        """Plan, agree the plan worked everywhere, run the updates; returns the step's metrics."""
+        started = time.perf_counter()
+        plan, status = self.plan(step)
+        status = self.agree(status)
+        values: dict[str, list[float]] = defaultdict(list)
+        if status != OK:  # a failed plan skips all the step's updates, on every rank
+            results = [self.skip_update(status) for _ in range(self.n_updates)]
+        else:
+            for key, value in plan.metrics.items():
+                values[key].append(float(value))
+            results, index = [], 0
+            for micro_batches in plan.updates:
+                results.append(self.update(micro_batches, step, index))
+                index += len(micro_batches)
+        for result in results:
+            values["loss"].append(result.loss)  # NaN for a skipped update
+            for key, vals in result.metrics.items():
+                values[key].extend(vals)
+        metrics = self.mean_across_ranks(values)
+        metrics.update(
+            grad_norm=sum(r.grad_norm for r in results) / len(results),
+            step=float(step + 1),
+            lr=float(self.lr_scheduler.get_last_lr()[0]),
+            step_time_s=time.perf_counter() - started,
+            timestamp=time.time(),
+            **self.counters,
+        )
+        return metrics
+
+    def skip_update(self, status: int, metrics: dict[str, list[float]] | None = None) -> UpdateResult:
+        """Count a skipped update (in total and by kind); the weights stay as they were."""
+        self.streaks.record(status)
+        self.counters["skipped_steps"] += 1
+        self.counters[SKIP_COUNTERS[status]] += 1
+        return UpdateResult(status, float("nan"), float("nan"), metrics or {})
+
+    def stop_reason(self, completed: int) -> str | None:
+        """Why the run must stop after this step (too many skipped updates in a row), if it must."""
+        t = self.cfg.training
+        limits = {
+            NONFINITE: (
+                t.max_nonfinite_steps,
+                "non-finite",
+                "training.max_nonfinite_steps",
+                "Lower the learning rate or check the reward.",
+            ),
+            ERROR: (
+                t.max_error_steps,
+                "failed (errors)",
+                "training.max_error_steps",
+                "Check the MLLM endpoint and the reward configuration.",
+            ),
+        }
+        for kind, (limit, what, field_name, hint) in limits.items():
+            count = self.streaks.counts[kind]
+            if count > limit:
+                last = f" Last error: {self.streaks.last_error}" if self.streaks.last_error else ""
+                return (
+                    f"step {completed}: {count} {what} updates in a row (limit {field_name}={limit}); "
+                    f"the last finite checkpoint is kept. {hint}{last}"
+                )
+        return None
+
+    # -- reporting and checkpoints ---------------------------------------------------------------
+    def report(self, metrics: dict[str, Any], step: int, with_checkpoint: bool) -> None:
+        """Send the latest metrics with every step's record since the last report (`history`)."""
+        bundle = {**metrics, HISTORY_KEY: [*self.pending, metrics]}
+        self.pending.clear()
+        if not with_checkpoint:
+            self.session.report(bundle, None, None)
+            return
+        if self.session.rank == 0:
+            moved = self.frozen.changed(self.ctx.components.unet)
+            if moved:
+                raise TrainingError(
+                    f"step {step}: frozen base weights changed ({len(moved)} tensor(s), e.g. {moved[0]}); "
+                    "refusing to checkpoint"
+                )
+        with scratch_dir() as tmp:
+            if self.session.rank == 0:
+                write_checkpoint(
+                    tmp,
+                    self.cfg,
+                    self.method.adapter,
+                    self.ctx.unet,
+                    self.optimizer,
+                    self.lr_scheduler,
+                    step,
+                    self.counters,
+                )
+            self.session.report(bundle, tmp if self.session.rank == 0 else None, f"checkpoint_{step:06d}")
+
+    def after_step(self, metrics: dict[str, Any], completed: int) -> bool:
+        """Report and checkpoint as configured; False when the run must stop."""
+        t = self.cfg.training
+        fatal = self.stop_reason(completed)
+        if fatal:
+            metrics[FATAL_KEY] = fatal
+            self.report(metrics, completed, with_checkpoint=False)
+            return False
+        with_checkpoint = completed % t.checkpoint_every == 0 or completed == t.steps
+        metrics["checkpoint"] = float(with_checkpoint)
+        if with_checkpoint or completed % t.report_every == 0:
+            self.report(metrics, completed, with_checkpoint)
+        else:
+            self.pending.append(metrics)
+        return True
 
 
 def train_loop(cfg: ExperimentConfig, session: TrainSession, run_uri: str | None = None) -> dict[str, Any]:
     """Run (or resume) training to `cfg.training.steps`; returns the last metrics reported."""
-    torch.manual_seed(derive_seed(cfg.seed, session.rank, 99))
-    method = get_method(cfg.method)
-    components = build_diffusion(cfg.model.base, cfg.model.revision).freeze()
-    trainable = method.trainable_parameters(components, cfg)
-    components.to(session.device)
-    unet = session.prepare_model(components.unet) if trainable else components.unet
-    evaluator = (
-        build_evaluator_for(cfg, session.device, method.reward_with_mllm) if method.uses_reward else None
-    )
-    ctx = TrainContext(cfg, session, components, unet, trainable, evaluator=evaluator)
-    method.setup(ctx)
-    frozen_at_start = frozen_checksum(components.unet)
-
-    t = cfg.training
-    optimizer = (
-        torch.optim.AdamW(trainable, lr=t.learning_rate, weight_decay=t.weight_decay) if trainable else None
-    )
-    lr_scheduler = (
-        get_scheduler("constant_with_warmup", optimizer, num_warmup_steps=t.warmup_steps)
-        if optimizer
-        else None
-    )
-    start, counters = 0, {"skipped_steps": 0.0}
+    run = TrainingRun(cfg, session, run_uri)
+    start = 0
     with session.checkpoint_to_resume() as directory:
         if directory is not None:
-            start, counters = restore_checkpoint(directory, method.adapter, unet, optimizer, lr_scheduler)
-    resumed_from = start
-
-    pending: list[dict[str, Any]] = []  # per-step records since the last report
-
-    def report(metrics: dict[str, Any], step: int, with_checkpoint: bool) -> None:
-        """Send the latest metrics with every step's record since the last report (`history`)."""
-        bundle = {**metrics, HISTORY_KEY: [*pending, metrics]}
-        pending.clear()
-        if not with_checkpoint:
-            session.report(bundle, None, None)
-            return
-        if session.rank == 0 and abs(frozen_checksum(components.unet) - frozen_at_start) > 1e-6 * max(
-            1.0, frozen_at_start
-        ):
-            raise TrainingError(f"step {step}: frozen base weights changed; refusing to checkpoint")
-        with scratch_dir() as tmp:
-            if session.rank == 0:
-                write_checkpoint(tmp, cfg, method.adapter, unet, optimizer, lr_scheduler, step, counters)
-            session.report(bundle, tmp if session.rank == 0 else None, f"checkpoint_{step:06d}")
-
-    base_metrics = {"resumed_from": float(resumed_from), "world_size": float(session.world_size)}
-    if not trainable or start >= t.steps:
-        final = {"step": float(start), **counters, **base_metrics, "checkpoint": 1.0}
-        report(final, start, with_checkpoint=directory is None)  # nothing new to train: keep the latest
-        return final
-
-    consecutive_bad = 0
-    last_error: str | None = None
-    metrics: dict[str, Any] = {}
-    n_updates = method.updates_per_step(cfg)
-
-    def nan_backward() -> None:
-        # A NaN gradient on every trainable parameter: this rank still joins the others' gradient
-        # all-reduce, and the all-reduced NaN makes every rank skip the update.
-        optimizer.zero_grad(set_to_none=True)
-        (sum(p.sum() for p in trainable) * float("nan")).backward()
-
-    for step in range(start, t.steps):
-        completed = step + 1
-        _inject_failure(cfg, session, completed, run_uri)
-        started = time.perf_counter()
-        try:
-            plan = method.plan(ctx, step)
-            if len(plan.updates) != n_updates:
-                raise TrainingError(
-                    f"{method.name} planned {len(plan.updates)} updates, expected {n_updates}"
-                )
-        except CraftError as exc:
-            plan, last_error = None, f"step {completed}: {exc}"
-            print(f"[rank {session.rank}] skipping {last_error}", file=sys.stderr, flush=True)
-        sums: dict[str, float] = defaultdict(float, plan.metrics if plan else {})
-        losses, grad_norms, micro_index = [], [], 0
-        for update in plan.updates if plan else [[]] * n_updates:
-            finite, loss_sum, n_micro = True, 0.0, max(1, len(update))
-            try:
-                if not update:
-                    raise TrainingError("no micro-batches planned")
-                for position, micro in enumerate(update):
-                    sync = position == n_micro - 1 or not hasattr(unet, "no_sync")
-                    with contextlib.nullcontext() if sync else unet.no_sync(), ctx.autocast():
-                        loss, micro_metrics = method.loss(ctx, micro, step, micro_index)
-                        if completed in cfg.debug.nonfinite_steps and session.rank == 0:
-                            loss = loss * float("nan")
-                    micro_index += 1
-                    finite = finite and bool(torch.isfinite(loss.detach()))
-                    (loss / n_micro).backward()
-                    loss_sum += float(loss.detach())
-                    for key, value in micro_metrics.items():
-                        sums[key] += value / (n_micro * n_updates)
-            except CraftError as exc:  # e.g. the reward met NaN pixels
-                if plan is not None:
-                    last_error = f"step {completed}: {exc}"
-                    print(f"[rank {session.rank}] skipping {last_error}", file=sys.stderr, flush=True)
-                finite = False
-                nan_backward()
-            grads_finite = all(torch.isfinite(p.grad).all() for p in trainable if p.grad is not None)
-            bad = torch.tensor([0.0 if finite and grads_finite else 1.0], device=session.device)
-            if float(session.all_reduce(bad, "max")) > 0:  # every rank takes the same decision
-                optimizer.zero_grad(set_to_none=True)
-                counters["skipped_steps"] += 1
-                consecutive_bad += 1
-                grad_norms.append(float("nan"))
-            else:
-                grad_norms.append(float(torch.nn.utils.clip_grad_norm_(trainable, t.max_grad_norm)))
-                optimizer.step()
-                lr_scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-                consecutive_bad = 0
-            losses.append(loss_sum / n_micro if finite else float("nan"))
-        local = {"loss": sum(losses) / len(losses), **sums}
-        metrics = _mean_across_ranks(session, local, session.device) if session.world_size > 1 else local
-        metrics.update(base_metrics)
-        metrics.update(
-            step=float(completed),
-            grad_norm=sum(grad_norms) / len(grad_norms),
-            lr=float(lr_scheduler.get_last_lr()[0]),
-            step_time_s=time.perf_counter() - started,
-            timestamp=time.time(),
-            **counters,
-        )
-        if consecutive_bad > t.max_nonfinite_steps:
-            fatal = (
-                f"step {completed}: {consecutive_bad} non-finite updates in a row (limit training.max_nonfinite_steps="
-                f"{t.max_nonfinite_steps}); the last finite checkpoint is kept. Lower the learning rate or check the reward."
-                + (f" Last error: {last_error}" if last_error else "")
+            start, counters = restore_checkpoint(
+                directory, run.method.adapter, run.ctx.unet, run.optimizer, run.lr_scheduler
             )
-            metrics[FATAL_KEY] = fatal
-            report(metrics, completed, with_checkpoint=False)
-            return metrics
-        with_checkpoint = completed % t.checkpoint_every == 0 or completed == t.steps
-        metrics["checkpoint"] = float(with_checkpoint)
-        if with_checkpoint or completed % t.report_every == 0:
-            report(metrics, completed, with_checkpoint)
-        else:
-            pending.append(metrics)
+            run.counters.update(counters)
+    base_metrics = {"resumed_from": float(start), "world_size": float(session.world_size)}
+    if not run.trainable or start >= cfg.training.steps:
+        final = {"step": float(start), **run.counters, **base_metrics, "checkpoint": 1.0}
+        run.report(final, start, with_checkpoint=directory is None)  # nothing new to train: keep the latest
+        return final
+    metrics: dict[str, Any] = {}
+    for step in range(start, cfg.training.steps):
+        _inject_failure(cfg, session, step + 1, run_uri)
+        metrics = {**run.step(step), **base_metrics}
+        if not run.after_step(metrics, step + 1):
+            break
     return metrics
 
 

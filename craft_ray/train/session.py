@@ -1,8 +1,13 @@
 """Where a training loop runs: a Ray Train worker, or a plain process (benchmarks, debugging).
 
-The loop talks to a session for its rank, device, model wrapping, collective reductions,
-the checkpoint to resume from and the reporting of metrics and checkpoints; nothing else in the
-loop knows about Ray.
+The loop talks to a session for its rank, device, model placement, collectives (reductions,
+gradient averaging), the checkpoint to resume from and the reporting of metrics and checkpoints;
+nothing else in the loop knows about Ray.
+
+Gradients are averaged explicitly (`average_gradients`) rather than by DDP's hooks inside
+`backward()`: a rank whose step failed (an endpoint error, a NaN) must be able to skip its backward
+without leaving the other ranks waiting in an all-reduce, and the loop calls every collective on
+every rank in the same order whatever happened.
 """
 
 from __future__ import annotations
@@ -25,6 +30,10 @@ class TrainSession(Protocol):
     def prepare_model(self, module: torch.nn.Module) -> torch.nn.Module: ...
 
     def all_reduce(self, tensor: torch.Tensor, op: str = "sum") -> torch.Tensor: ...
+
+    def all_gather_object(self, obj: Any) -> list[Any]: ...
+
+    def average_gradients(self, params: list[torch.nn.Parameter]) -> None: ...
 
     def checkpoint_to_resume(self) -> contextlib.AbstractContextManager[Path | None]: ...
 
@@ -85,6 +94,12 @@ class LocalSession:
     def all_reduce(self, tensor: torch.Tensor, op: str = "sum") -> torch.Tensor:
         return tensor
 
+    def all_gather_object(self, obj: Any) -> list[Any]:
+        return [obj]
+
+    def average_gradients(self, params: list[torch.nn.Parameter]) -> None:
+        pass
+
     @contextlib.contextmanager
     def checkpoint_to_resume(self) -> Iterator[Path | None]:
         with scratch_dir() as tmp:
@@ -101,7 +116,8 @@ class LocalSession:
 
 
 class RaySession:
-    """Inside a Ray Train worker (Train v2): DDP via `prepare_model`, rank 0 writes checkpoints."""
+    """Inside a Ray Train worker (Train v2): the process group Ray Train set up (gloo on CPU, nccl
+    on GPU) averages gradients; rank 0 writes checkpoints."""
 
     def __init__(self, run_uri: str) -> None:
         import ray.train
@@ -114,11 +130,19 @@ class RaySession:
         self.device = ray.train.torch.get_device()
 
     def prepare_model(self, module: torch.nn.Module) -> torch.nn.Module:
+        """On this worker's device, with rank 0's trainable weights (ranks may initialise LoRA
+        differently); not wrapped in DDP: see the module docstring."""
         import ray.train.torch
 
-        # DDP only when there is someone to synchronise with; frozen parameters are ignored by DDP.
-        strategy = "ddp" if self.world_size > 1 else None
-        return ray.train.torch.prepare_model(module, parallel_strategy=strategy)
+        module = ray.train.torch.prepare_model(module, parallel_strategy=None)
+        if self.world_size > 1:
+            import torch.distributed as dist
+
+            with torch.no_grad():
+                for param in module.parameters():
+                    if param.requires_grad:
+                        dist.broadcast(param.data, src=0)
+        return module
 
     def all_reduce(self, tensor: torch.Tensor, op: str = "sum") -> torch.Tensor:
         if self.world_size > 1:
@@ -126,6 +150,31 @@ class RaySession:
 
             dist.all_reduce(tensor, op=dist.ReduceOp.MAX if op == "max" else dist.ReduceOp.SUM)
         return tensor
+
+    def all_gather_object(self, obj: Any) -> list[Any]:
+        if self.world_size == 1:
+            return [obj]
+        import torch.distributed as dist
+
+        gathered: list[Any] = [None] * self.world_size
+        dist.all_gather_object(gathered, obj)
+        return gathered
+
+    def average_gradients(self, params: list[torch.nn.Parameter]) -> None:
+        """Mean of every parameter's gradient over the ranks, in flat buckets (few collectives)."""
+        if self.world_size == 1:
+            return
+        import torch.distributed as dist
+
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+        for bucket in _buckets(grads, GRADIENT_BUCKET_ELEMENTS):
+            flat = torch.cat([g.reshape(-1) for g in bucket])
+            dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+            flat /= self.world_size
+            for grad, chunk in zip(bucket, flat.split([g.numel() for g in bucket]), strict=True):
+                grad.copy_(chunk.view_as(grad))
+        for param, grad in zip(params, grads, strict=True):
+            param.grad = grad
 
     @contextlib.contextmanager
     def checkpoint_to_resume(self) -> Iterator[Path | None]:
@@ -141,6 +190,22 @@ class RaySession:
         ray.train.report(
             metrics, checkpoint=checkpoint, checkpoint_dir_name=name if checkpoint is not None else None
         )
+
+
+GRADIENT_BUCKET_ELEMENTS = 1 << 24  # 64 MiB of float32 per all-reduce
+
+
+def _buckets(tensors: list[torch.Tensor], limit: int) -> Iterator[list[torch.Tensor]]:
+    bucket: list[torch.Tensor] = []
+    size = 0
+    for tensor in tensors:
+        if bucket and (size + tensor.numel() > limit or tensor.dtype != bucket[0].dtype):
+            yield bucket
+            bucket, size = [], 0
+        bucket.append(tensor)
+        size += tensor.numel()
+    if bucket:
+        yield bucket
 
 
 @contextlib.contextmanager

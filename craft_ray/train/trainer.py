@@ -1,15 +1,21 @@
 """The driver side of a training run: a Ray Train `TorchTrainer` around the shared loop.
 
 `run_training(cfg)` checks the run directory (a finished or stopped run is only continued with
-`resume=True`, never overwritten), starts the trainer on the current Ray cluster, records every
-report in `<run>/metrics.jsonl` (a controller-side callback, so restarts show too), drives a
-progress display, and exports the final weights to `<run>/final/`.
+`resume=True`, never overwritten) and the inputs it can check without Ray (the calibration matches
+the reward's evaluator), starts the trainer on the current Ray cluster, appends every report to
+`<run>/metrics.jsonl` (a controller-side callback, so restarts show too), drives a progress
+display, and exports the final weights to `<run>/final/`.
+
+Failures keep the project's exit codes apart: an error the user can fix (a CraftError, also when
+a worker raised it) stays one; anything else (a bug, out of memory, a lost worker group) becomes
+a `TrainingFailure` whose traceback, with every worker's, is written to `<run>/error.log`.
 """
 
 from __future__ import annotations
 
 import json
 import threading
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -17,12 +23,13 @@ from typing import Any
 import pyarrow.fs as pafs
 
 from craft_ray.config import ExperimentConfig
-from craft_ray.errors import TrainingError
+from craft_ray.errors import CraftError, TrainingError, TrainingFailure
 from craft_ray.raycluster import ensure_ray
 from craft_ray.train.loop import FATAL_KEY, HISTORY_KEY, train_loop_per_worker
 
 METRICS_NAME = "metrics.jsonl"
 FINAL_NAME = "final"
+ERROR_LOG_NAME = "error.log"
 
 
 @dataclass
@@ -54,6 +61,20 @@ def run_exists(run_uri: str) -> bool:
     return any(e.base_name.startswith("checkpoint_") or e.base_name == METRICS_NAME for e in entries)
 
 
+def append_metrics(run_uri: str, records: list[dict[str, Any]], history: list[dict[str, Any]]) -> None:
+    """Append `records` to metrics.jsonl: a report costs its own lines, not the whole history.
+    Object stores cannot append; there the file is rewritten from `history` (which ends with them)."""
+    fs, path = _fs(run_uri)
+    fs.create_dir(path, recursive=True)
+    target = f"{path}/{METRICS_NAME}"
+    try:
+        with fs.open_append_stream(target) as handle:
+            handle.write("".join(json.dumps(r) + "\n" for r in records).encode())
+    except NotImplementedError:  # pyarrow's S3 / GCS filesystems
+        with fs.open_output_stream(target) as handle:
+            handle.write("".join(json.dumps(r) + "\n" for r in history).encode())
+
+
 def _make_recorder(run_uri: str, history: list[dict[str, Any]], queue):
     from ray.train import UserCallback
 
@@ -70,12 +91,7 @@ def _make_recorder(run_uri: str, history: list[dict[str, Any]], queue):
             if checkpoint is not None:
                 record["checkpoint_path"] = checkpoint.path
             self.history.extend(records)
-            fs, path = _fs(run_uri)
-            fs.create_dir(path, recursive=True)
-            with fs.open_output_stream(
-                f"{path}/{METRICS_NAME}"
-            ) as handle:  # rewrite: works on object stores too
-                handle.write("".join(json.dumps(r) + "\n" for r in self.history).encode())
+            append_metrics(run_uri, records, self.history)
             if queue is not None:
                 queue.put_nowait(record)
 
@@ -100,6 +116,73 @@ def _export_final(src_fs: pafs.FileSystem, src: str, run_uri: str) -> str:
     return final if "://" not in run_uri else f"{run_uri}/{FINAL_NAME}"
 
 
+def _root_causes(exc: BaseException) -> list[tuple[int | None, BaseException]]:
+    """(rank, exception) behind a failed `fit()`: each failed worker's own exception, or the
+    controller's, or the exception itself."""
+    failures = getattr(exc, "worker_failures", None)
+    if failures:
+        # Ray wraps a worker's exception with its traceback text; `_base_exc` is the original
+        causes = [(rank, getattr(err, "_base_exc", err)) for rank, err in sorted(failures.items())]
+        return sorted(causes, key=lambda cause: _is_consequence(cause[1]))  # stable: first cause first
+    return [(None, getattr(exc, "controller_failure", None) or exc)]
+
+
+def _is_consequence(exc: BaseException) -> bool:
+    """A rank that lost its peers in a collective failed because another rank did."""
+    text = str(exc)
+    return any(mark in text for mark in ("Connection closed by peer", "Connection reset by peer", "NCCL"))
+
+
+def _write_error_log(run_uri: str, exc: BaseException) -> str:
+    """The driver's traceback and every worker's, in <run>/error.log; returns its path."""
+    parts = ["".join(traceback.format_exception(exc))]
+    for rank, err in sorted((getattr(exc, "worker_failures", None) or {}).items()):
+        parts.append(f"--- rank {rank} ---\n{err}\n")
+    fs, path = _fs(run_uri)
+    fs.create_dir(path, recursive=True)
+    with fs.open_output_stream(f"{path}/{ERROR_LOG_NAME}") as handle:
+        handle.write("\n".join(parts).encode())
+    return f"{path}/{ERROR_LOG_NAME}" if "://" not in run_uri else f"{run_uri}/{ERROR_LOG_NAME}"
+
+
+def _failure(run_name: str, run_uri: str, exc: BaseException) -> Exception:
+    """A user error raised on a worker stays a CraftError (exit 2); anything else is a
+    TrainingFailure (exit 1) with one line here and the tracebacks in <run>/error.log."""
+    causes = _root_causes(exc)
+    for rank, cause in causes:
+        if isinstance(cause, CraftError):
+            where = f" on rank {rank}" if rank is not None else ""
+            return type(cause)(f"training run '{run_name}' failed{where}: {cause}")
+    rank, cause = causes[0]
+    where = f" on rank {rank}" if rank is not None else ""
+    first_line = (str(cause).strip().splitlines() or [""])[0]
+    others = f" ({len(causes) - 1} other rank(s) failed too)" if len(causes) > 1 else ""
+    log = _write_error_log(run_uri, exc)
+    return TrainingFailure(
+        f"training run '{run_name}' failed{where}: {type(cause).__name__}: {first_line}{others}",
+        log_path=log,
+    )
+
+
+def preflight(cfg: ExperimentConfig) -> None:
+    """The user errors that can be found before starting Ray: the dataset, the calibration (made
+    with the reward's evaluator) and the checklist overlays. Workers check again."""
+    from craft_ray.data import read_manifest
+    from craft_ray.errors import DataError
+    from craft_ray.knowledge.checklists import load_knowledge
+    from craft_ray.train.context import reward_calibration
+    from craft_ray.train.methods import get_method
+
+    manifest = read_manifest(cfg.dataset.uri)
+    if manifest.dataset != cfg.dataset.name:
+        raise DataError(
+            f"{cfg.dataset.uri} holds dataset '{manifest.dataset}', the config says '{cfg.dataset.name}'"
+        )
+    if get_method(cfg.method).uses_reward:
+        reward_calibration(cfg)
+        load_knowledge(cfg.reward.checklists)
+
+
 def run_training(
     cfg: ExperimentConfig,
     resume: bool = False,
@@ -121,6 +204,7 @@ def run_training(
         )
     if resume and not exists:
         raise TrainingError(f"nothing to resume: no run '{cfg.run_name}' in {storage}")
+    preflight(cfg)
     history = read_metrics(run_uri) if resume else []
 
     ensure_ray()
@@ -165,7 +249,7 @@ def run_training(
     if queue is not None:
         ray.kill(queue.actor)
     if "error" in outcome:
-        raise TrainingError(f"training run '{cfg.run_name}' failed: {outcome['error']}") from outcome["error"]
+        raise _failure(cfg.run_name, run_uri, outcome["error"]) from None
     result = outcome["result"]
     history = read_metrics(run_uri)
     last = history[-1] if history else dict(result.metrics or {})

@@ -8,6 +8,7 @@ from pathlib import Path
 from craft_ray.data.converters import chexpert, fundus, histopath, isic
 from craft_ray.data.converters.base import ConvertOptions, ParsedSource, ProgressFn, write_dataset
 from craft_ray.data.schema import Manifest
+from craft_ray.data.writer import check_dataset_output
 from craft_ray.errors import DataError
 from craft_ray.knowledge.labels import get_dataset
 
@@ -25,10 +26,13 @@ def convert(
     out: Path,
     options: ConvertOptions | None = None,
     progress: ProgressFn | None = None,
+    overwrite: bool = False,
 ) -> Manifest:
-    """Convert a dataset in its public on-disk layout into canonical parquet shards under `out`."""
+    """Convert a dataset in its public on-disk layout into canonical parquet shards under `out`
+    (written under a temporary name, renamed into place when complete)."""
     spec = get_dataset(dataset)
     source = Path(source)
+    check_dataset_output(out, overwrite)
     if not source.is_dir():
         raise DataError(f"source directory not found: {source}")
     options = options or ConvertOptions()

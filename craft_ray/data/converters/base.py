@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TextIO
 
 from PIL import Image
 
@@ -17,6 +17,7 @@ from craft_ray.data.splits import DEFAULT_FRACTIONS, assign_splits
 from craft_ray.data.writer import DatasetWriter
 from craft_ray.errors import DataError
 from craft_ray.knowledge.labels import DatasetSpec
+from craft_ray.outputs import atomic_dir
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp"}
 ProgressFn = Callable[[int, int], None]  # (done, total)
@@ -29,6 +30,7 @@ class ConvertOptions:
     size: int | None = None  # resize to size x size (shorter side + centre crop); None keeps originals
     uncertainty: Literal["ones", "zeros", "ignore"] = "ignore"  # CheXpert -1 labels
     frontal_only: bool = False  # CheXpert: drop lateral views
+    pool_valid: bool = False  # CheXpert: pool valid.csv into the random split instead of split "valid"
     threads: int = 4  # PIL releases the GIL while decoding, resizing and encoding
 
 
@@ -43,6 +45,7 @@ class SourceItem:
     source: str
     uncertain_labels: list[str] = field(default_factory=list)
     attributes: dict[str, Any] = field(default_factory=dict)
+    split: str | None = None  # a split fixed by the source (CheXpert's official valid set); else random
 
 
 @dataclass
@@ -52,15 +55,42 @@ class ParsedSource:
     filtered: int = 0  # rows left out on purpose by an option (e.g. lateral views)
 
 
-def read_csv_rows(path: Path, required: list[str]) -> Iterator[tuple[int, dict[str, str]]]:
-    """Yield (line number, row) from a CSV, after checking its header has the required columns."""
-    with path.open(newline="", encoding="utf-8-sig") as handle:
+def open_csv(path: Path) -> TextIO:
+    """UTF-8 text whose undecodable bytes survive as lone surrogates (one bad byte must cost one row,
+    not the file); `csv_problem` finds them per row."""
+    return path.open(newline="", encoding="utf-8-sig", errors="surrogateescape")
+
+
+def csv_problem(row: dict[str | None, Any], n_columns: int) -> str | None:
+    """Why a DictReader row is malformed (too few or too many fields, bytes that are not UTF-8), or None."""
+    if None in row:
+        return f"row has {n_columns + len(row[None])} fields, the header has {n_columns}"
+    if any(value is None for value in row.values()):
+        return f"row has {sum(v is not None for v in row.values())} fields, the header has {n_columns}"
+    for column, value in row.items():
+        bad = next((ch for ch in value if "\udc80" <= ch <= "\udcff"), None)
+        if bad is not None:
+            return f"column {column!r} is not valid UTF-8 (byte 0x{ord(bad) - 0xDC00:02x})"
+    return None
+
+
+def read_csv_rows(
+    path: Path, required: list[str], rejects: list[Reject]
+) -> Iterator[tuple[int, dict[str, str]]]:
+    """Yield (line number, row) of the well-formed rows of a CSV, after checking its header has the
+    required columns; each malformed row becomes one reject (`<file>:<line>`) and the rest go on."""
+    with open_csv(path) as handle:
         reader = csv.DictReader(handle)
-        missing = [col for col in required if col not in (reader.fieldnames or [])]
+        fieldnames = reader.fieldnames or []
+        missing = [col for col in required if col not in fieldnames]
         if missing:
-            raise DataError(f"{path}: missing column(s) {missing} (found: {reader.fieldnames})")
+            raise DataError(f"{path}: missing column(s) {missing} (found: {fieldnames})")
         for row in reader:
-            yield reader.line_num, row
+            problem = csv_problem(row, len(fieldnames))
+            if problem:
+                rejects.append(Reject(f"{path.name}:{reader.line_num}", problem))
+            else:
+                yield reader.line_num, row
 
 
 def index_images(root: Path) -> dict[str, Path]:
@@ -99,9 +129,9 @@ def write_dataset(
         else:
             seen.add(item.image_id)
             items.append(item)
-    splits = assign_splits((i.patient_id for i in items), options.fractions, options.seed)
+    splits = _splits(items, options)
     mode = "L" if spec.channels == 1 else "RGB"
-    with DatasetWriter(out, spec.name, spec.modality, list(spec.labels)) as writer:
+    with atomic_dir(out) as tmp, DatasetWriter(tmp, spec.name, spec.modality, list(spec.labels)) as writer:
         for rej in [*parsed.rejects, *duplicate_rejects]:
             writer.reject(rej.source, rej.reason)
         with ThreadPoolExecutor(max_workers=max(1, options.threads)) as pool:
@@ -128,7 +158,7 @@ def write_dataset(
                     )
                 if progress:
                     progress(done, len(items))
-        return writer.close(
+        manifest = writer.close(
             origin,
             {
                 "seed": options.seed,
@@ -136,6 +166,17 @@ def write_dataset(
                 "size": options.size,
                 "uncertainty": options.uncertainty,
                 "frontal_only": options.frontal_only,
+                "pool_valid": options.pool_valid,
                 "filtered": parsed.filtered,
             },
         )
+    return manifest
+
+
+def _splits(items: list[SourceItem], options: ConvertOptions) -> dict[str, str]:
+    """patient -> split: a split fixed by the source holds all of its patients' images (no patient
+    straddles splits); the other patients are split at random by the fractions."""
+    fixed = {item.patient_id: item.split for item in items if item.split}
+    free = {item.patient_id for item in items} - set(fixed)
+    splits = assign_splits(free, options.fractions, options.seed) if free else {}
+    return {**splits, **fixed}

@@ -3,6 +3,9 @@
 Observation cells are 1.0 (positive), 0.0 (negative), -1.0 (uncertain) or blank (not mentioned,
 treated as negative). The uncertainty policy maps -1: `ones` -> positive, `zeros` -> negative,
 `ignore` -> neither, recorded in `uncertain_labels` so a loss can mask it.
+
+valid.csv is the official validation set (radiologist-labelled, the one results are reported on):
+its images form their own split `valid` unless `pool_valid` puts them into the random split.
 """
 
 from __future__ import annotations
@@ -41,10 +44,22 @@ def _resolve(csv_path: Path, rel: str) -> Path:
     return next((c for c in candidates if c.exists()), candidates[0])
 
 
+def _age(cell: str) -> int | None | str:
+    """Years as an int, None when blank, 'bad' when not a number."""
+    cell = cell.strip()
+    if not cell:
+        return None
+    try:
+        return int(float(cell))
+    except (ValueError, OverflowError):
+        return "bad"
+
+
 def parse(source: Path, options: ConvertOptions) -> ParsedSource:
     parsed = ParsedSource()
     for csv_path in _find_csvs(source):
-        for line, row in read_csv_rows(csv_path, META_COLUMNS + list(SPEC.labels)):
+        official = "valid" if csv_path.name == "valid.csv" else "train"
+        for line, row in read_csv_rows(csv_path, META_COLUMNS + list(SPEC.labels), parsed.rejects):
             where = f"{csv_path.name}:{line}"
             rel = row["Path"].strip()
             match = _PATH_RE.search(rel)
@@ -73,7 +88,12 @@ def parse(source: Path, options: ConvertOptions) -> ParsedSource:
                 parsed.rejects.append(Reject(where, bad))
                 continue
             patient, study, view_name = match.groups()
-            age = row["Age"].strip()
+            age = _age(row["Age"])
+            if age == "bad":
+                parsed.rejects.append(
+                    Reject(where, f"column 'Age' has value {row['Age']!r} (expected a number or blank)")
+                )
+                continue
             parsed.items.append(
                 SourceItem(
                     path=_resolve(csv_path, rel),
@@ -84,12 +104,13 @@ def parse(source: Path, options: ConvertOptions) -> ParsedSource:
                     source=rel,
                     attributes={
                         "sex": row["Sex"].strip(),
-                        "age": int(float(age)) if age else None,
+                        "age": age,
                         "view": view,
                         "projection": row["AP/PA"].strip(),
                         "study": study,
-                        "official_split": "valid" if csv_path.name == "valid.csv" else "train",
+                        "official_split": official,
                     },
+                    split="valid" if official == "valid" and not options.pool_valid else None,
                 )
             )
     return parsed

@@ -15,6 +15,7 @@ from craft_ray.data.converters.base import (
     ParsedSource,
     SourceItem,
     index_images,
+    open_csv,
     read_csv_rows,
 )
 from craft_ray.data.schema import Reject
@@ -27,7 +28,7 @@ _EYE_RE = re.compile(r"^(.+)_(left|right)$")
 
 def _find_labels_csv(source: Path) -> tuple[Path, str]:
     for path in sorted(source.rglob("*.csv")):
-        with path.open(newline="", encoding="utf-8-sig") as handle:
+        with open_csv(path) as handle:
             header = next(csv.reader(handle), [])
         for layout, (id_col, grade_col) in LAYOUTS.items():
             if id_col in header and grade_col in header:
@@ -40,7 +41,7 @@ def parse(source: Path, options: ConvertOptions) -> ParsedSource:
     id_col, grade_col = LAYOUTS[layout]
     images = index_images(source)
     parsed = ParsedSource()
-    for line, row in read_csv_rows(labels_csv, [id_col, grade_col]):
+    for line, row in read_csv_rows(labels_csv, [id_col, grade_col], parsed.rejects):
         where = f"{labels_csv.name}:{line}"
         image_id, grade_text = row[id_col].strip(), row[grade_col].strip()
         try:

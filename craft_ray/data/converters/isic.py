@@ -29,10 +29,11 @@ def _one(source: Path, pattern: str, what: str, required: bool = True) -> Path |
     return matches[0] if matches else None
 
 
-def _metadata(path: Path | None) -> dict[str, dict[str, str]]:
+def _metadata(path: Path | None, rejects: list[Reject]) -> dict[str, dict[str, str]]:
+    """image -> metadata row; a malformed row is a reject (its image still converts, without it)."""
     if path is None:
         return {}
-    return {row["image"].strip(): row for _, row in read_csv_rows(path, ["image"])}
+    return {row["image"].strip(): row for _, row in read_csv_rows(path, ["image"], rejects)}
 
 
 def _is_one(cell: str) -> bool | None:
@@ -45,11 +46,11 @@ def _is_one(cell: str) -> bool | None:
 
 def parse(source: Path, options: ConvertOptions) -> ParsedSource:
     gt_csv = _one(source, "*GroundTruth*.csv", "ground-truth CSV")
-    meta = _metadata(_one(source, "*Metadata*.csv", "metadata CSV", required=False))
-    images = index_images(source)
     parsed = ParsedSource()
+    meta = _metadata(_one(source, "*Metadata*.csv", "metadata CSV", required=False), parsed.rejects)
+    images = index_images(source)
     classes = [c for c in SPEC.labels if c != "UNK"]
-    for line, row in read_csv_rows(gt_csv, ["image", *classes]):
+    for line, row in read_csv_rows(gt_csv, ["image", *classes], parsed.rejects):
         where = f"{gt_csv.name}:{line}"
         image_id = row["image"].strip()
         columns = [c for c in SPEC.labels if c in row]

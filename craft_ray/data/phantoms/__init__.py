@@ -18,10 +18,11 @@ from craft_ray.data.converters.base import ProgressFn
 from craft_ray.data.images import encode_png
 from craft_ray.data.phantoms import chest, derm, fundus, histo
 from craft_ray.data.schema import ImageRecord, Manifest
-from craft_ray.data.splits import DEFAULT_FRACTIONS, assign_splits
-from craft_ray.data.writer import DatasetWriter
+from craft_ray.data.splits import DEFAULT_FRACTIONS, assign_splits, check_no_empty_split
+from craft_ray.data.writer import DatasetWriter, check_dataset_output
 from craft_ray.errors import ConfigError
 from craft_ray.knowledge.labels import dataset_for_modality
+from craft_ray.outputs import atomic_dir
 
 GENERATORS: dict[str, ModuleType] = {"chest": chest, "derm": derm, "fundus": fundus, "histo": histo}
 MAX_IMAGES_PER_PATIENT = 3
@@ -56,21 +57,28 @@ def make_phantom_dataset(
     seed: int = 0,
     fractions: dict[str, float] | None = None,
     progress: ProgressFn | None = None,
+    overwrite: bool = False,
 ) -> Manifest:
-    """Generate `n` phantom images of `modality` into a canonical dataset directory."""
+    """Generate `n` phantom images of `modality` into a canonical dataset directory (written under
+    a temporary name, renamed into place when complete)."""
     gen = _generator(modality)
     if n < 1:
         raise ConfigError(f"--n must be at least 1, got {n}")
     if not 16 <= size <= 2048:
         raise ConfigError(f"--size must be between 16 and 2048, got {size}")
+    check_dataset_output(out, overwrite)
     spec = dataset_for_modality(modality)
     fractions = fractions or dict(DEFAULT_FRACTIONS)
     patients = patient_of_image(n, seed)
     patient_ids = [f"{modality}-p{p:06d}" for p in patients]
     splits = assign_splits(patient_ids, fractions, seed)
+    check_no_empty_split(splits, fractions, f"--n {n} gives {len(set(patient_ids))} patient(s), which")
     patient_params: dict[int, dict] = {}
     order: Callable[[str], int] = spec.labels.index
-    with DatasetWriter(Path(out), spec.name, spec.modality, list(spec.phantom_labels)) as writer:
+    with (
+        atomic_dir(out) as tmp,
+        DatasetWriter(tmp, spec.name, spec.modality, list(spec.phantom_labels)) as writer,
+    ):
         for i in range(n):
             pid = int(patients[i])
             if pid not in patient_params:
@@ -95,7 +103,8 @@ def make_phantom_dataset(
             )
             if progress:
                 progress(i + 1, n)
-        return writer.close("phantom", {"seed": seed, "n": n, "size": size, "fractions": fractions})
+        manifest = writer.close("phantom", {"seed": seed, "n": n, "size": size, "fractions": fractions})
+    return manifest
 
 
 def _plain(value):

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
+from craft_ray.errors import ConfigError
 from craft_ray.train.context import TrainContext
 from craft_ray.train.ddim import DDIMSampler
 from craft_ray.train.methods.base import Method, StepPlan
@@ -37,7 +38,17 @@ class DDPO(Method):
     reward_with_mllm = True
 
     def setup(self, ctx: TrainContext) -> None:
-        self.sampler = DDIMSampler(ctx.components.scheduler, ctx.cfg.training.sampler_steps, ctx.device)
+        cfg = ctx.cfg
+        self.sampler = DDIMSampler(ctx.components.scheduler, cfg.training.sampler_steps, ctx.device)
+        # a `set_alpha_to_one` scheduler's last step is deterministic: no log-probability to train on
+        self.trainable_steps = self.sampler.stochastic_steps(cfg.ddpo.eta)
+        self.n_train = max(1, round(len(self.trainable_steps) * cfg.ddpo.timestep_fraction))
+        if cfg.ddpo.updates_per_epoch > self.n_train * cfg.training.grad_accum:
+            raise ConfigError(
+                f"ddpo.updates_per_epoch={cfg.ddpo.updates_per_epoch} exceeds the "
+                f"{self.n_train * cfg.training.grad_accum} sampler transitions with a log-probability "
+                f"trained per step (this scheduler has {len(self.trainable_steps)} of {cfg.training.sampler_steps})"
+            )
 
     def updates_per_step(self, cfg) -> int:
         return cfg.ddpo.inner_epochs * cfg.ddpo.updates_per_epoch
@@ -74,8 +85,7 @@ class DDPO(Method):
             grouped = reward.view(len(rows), per_prompt)
             advantages = (grouped - grouped.mean(1, keepdim=True)) / (grouped.std(1, keepdim=True) + 1e-6)
             advantages = advantages.flatten().clamp(-cfg.ddpo.adv_clip_max, cfg.ddpo.adv_clip_max)
-            n_train = max(1, round(len(sampler.timesteps) * cfg.ddpo.timestep_fraction))
-            chosen = sorted(ctx.rng(step, micro, "timestep").sample(range(len(sampler.timesteps)), n_train))
+            chosen = sorted(ctx.rng(step, micro, "timestep").sample(self.trainable_steps, self.n_train))
             for j in chosen:
                 transitions.append(
                     Transition(
@@ -99,16 +109,21 @@ class DDPO(Method):
             updates, {"reward": float(all_rewards.mean()), "reward_std": float(all_rewards.std())}
         )
 
+    def log_ratio(self, ctx: TrainContext, tr: Transition) -> torch.Tensor:
+        """log pi_current(transition) - log pi_sampling(transition), per sample (with gradient)."""
+        eps = ctx.predict_noise(tr.latents, tr.timestep, tr.cond, tr.uncond, with_grad=True)
+        out = self.sampler.step(eps, tr.timestep, tr.latents, ctx.cfg.ddpo.eta, prev_sample=tr.next_latents)
+        return out.log_prob - tr.old_log_prob
+
     def loss(
         self, ctx: TrainContext, tr: Transition, step: int, index: int
     ) -> tuple[torch.Tensor, dict[str, float]]:
-        eps = ctx.predict_noise(tr.latents, tr.timestep, tr.cond, tr.uncond, with_grad=True)
-        out = self.sampler.step(eps, tr.timestep, tr.latents, ctx.cfg.ddpo.eta, prev_sample=tr.next_latents)
-        ratio = torch.exp(out.log_prob - tr.old_log_prob)
+        log_ratio = self.log_ratio(ctx, tr)
+        ratio = torch.exp(log_ratio)
         clip = ctx.cfg.ddpo.clip_range
         loss = torch.maximum(-tr.advantages * ratio, -tr.advantages * ratio.clamp(1 - clip, 1 + clip)).mean()
         metrics = {
-            "approx_kl": float(0.5 * ((out.log_prob.detach() - tr.old_log_prob) ** 2).mean()),
+            "approx_kl": float(0.5 * (log_ratio.detach() ** 2).mean()),
             "clip_fraction": float(((ratio.detach() - 1).abs() > clip).float().mean()),
         }
         return loss, metrics
