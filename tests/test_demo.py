@@ -80,3 +80,58 @@ def test_headline_rows_aggregate_over_seeds_with_sample_sd():
     assert heading[0] == "method" and rows[0][0] == "craft"
     assert rows[0][heading.index("CAS")] == "0.650 ± 0.071"
     assert rows[0][heading.index("tail share")] == "20.0 ± 14.1 %"
+
+
+@pytest.mark.slow
+def test_demo_end_to_end_then_continues(ray_local, tmp_path):
+    """`craft demo` as a user runs it (on this test's Ray cluster, reduced size): three methods
+    trained on Ray Train, evaluated with the shipped out-of-family classifier, a report and the
+    table; run again, it retrains and re-evaluates nothing."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from craft_ray.demo import DemoOptions, run_demo
+    from craft_ray.evaluation import Reporter
+
+    out = tmp_path / "demo"
+    sets = {
+        "training.steps": 1,
+        "training.sampler_steps": 2,
+        "evaluation.n_per_label": 2,
+        "evaluation.classifier_epochs": 1,
+        "evaluation.n_boot": 100,
+    }
+    args = [sys.executable, "-m", "craft_ray.cli", "demo", "--out", str(out), "--n", "48"]
+    args += [a for k, v in sets.items() for a in ("--set", f"{k}={v}")]
+    env = {**os.environ, "RAY_ADDRESS": ray_local.get_runtime_context().gcs_address}
+    result = subprocess.run(args, capture_output=True, text=True, timeout=900, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "training craft for 1 steps on 2 Ray Train worker(s)" in result.stdout
+    for method in ("craft", "lora_sft", "pretrained"):
+        assert f"demo-{method}" in result.stdout
+        assert (out / "seed-0" / "runs" / f"demo-{method}" / "final" / "model.json").is_file()
+    assert "OOF AUROC" in result.stdout and "tail share" in result.stdout
+    summary = json.loads((out / "summary.json").read_text())
+    rows = summary["per_seed"]["0"]
+    assert set(rows) == {"craft", "lora_sft", "pretrained"}
+    for row in rows.values():  # every headline number measured (the classifier's AUROC may be NaN
+        for key in ("cas", "tail_share", "oof_accuracy"):  # with 2 images per label)
+            assert 0.0 <= row[key] <= 1.0, (key, row)
+    report = out / "seed-0" / "report"
+    assert list(report.glob("*.png")) and list(report.glob("*.md"))
+
+    messages: list[str] = []
+
+    class Recording(Reporter):
+        def say(self, text: str) -> None:
+            messages.append(text)
+
+    again, summary_again = run_demo(
+        DemoOptions(out, n=48, overrides=sets), [0], Recording()
+    )  # in process, on the same cluster
+    assert all(r.reused for r in again[0].results)
+    assert sum("trained (1 steps), reusing" in m for m in messages) == 3
+    assert not any("training" in m or "continuing" in m for m in messages)
+    assert summary_again["per_seed"][0]["craft"]["cas"] == pytest.approx(rows["craft"]["cas"])

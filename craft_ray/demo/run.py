@@ -30,6 +30,7 @@ from craft_ray.evaluation.references import evaluation_spec
 from craft_ray.knowledge.labels import get_dataset
 from craft_ray.outputs import write_text_atomic
 from craft_ray.train.checkpoint import read_model_card
+from craft_ray.train.methods import get_method
 from craft_ray.train.trainer import FINAL_NAME, run_exists, run_training
 
 DATA_SEED = 0  # the demo's phantoms (see the model cards' seed plan)
@@ -101,7 +102,9 @@ def ensure_trained(exp: DemoExperiment, reporter: Reporter) -> Path:
     cfg = exp.cfg
     run_dir = Path(cfg.storage_uri()) / cfg.run_name
     steps = cfg.training.steps
-    if finished_step(run_dir) == steps:
+    done = finished_step(run_dir)
+    # a method without an adapter (pretrained) trains nothing: its final checkpoint is step 0
+    if done == steps or (done is not None and get_method(cfg.method).adapter is None):
         reporter.say(f"{cfg.run_name}: trained ({steps} steps), reusing {run_dir}")
         return run_dir
     resume = run_exists(str(run_dir))

@@ -233,7 +233,9 @@ def train_diffusion(
     components.text_encoder.requires_grad_(False).eval()
     vae_preview = unet_preview = None
     if preview_dir is not None:
-        vae_preview = partial(_preview_reconstructions, images, cfg, preview_dir / "vae_reconstructions.png", log)
+        vae_preview = partial(
+            _preview_reconstructions, images, cfg, preview_dir / "vae_reconstructions.png", log
+        )
         unet_preview = partial(_preview_samples, preview_dir / "unet_samples.png", log)
     vae_history = train_vae(components.vae, images, cfg, log, vae_preview)
     vae_time = time.time() - started
