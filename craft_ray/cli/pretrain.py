@@ -126,8 +126,8 @@ def pretrain_diffusion(
 def pretrain_classifier(
     modality: Annotated[str, typer.Option(help="chest | derm | fundus | histo")],
     out: Annotated[Path, typer.Option(help="directory to write (weights, classifier.json, card)")],
-    n_train: Annotated[int, typer.Option(help="training phantoms of the modality (data seed 300)")] = 6000,
-    epochs: Annotated[int, typer.Option()] = 12,
+    n_train: Annotated[int, typer.Option(help="training phantoms of the modality (data seed 300)")] = 4000,
+    epochs: Annotated[int, typer.Option()] = 10,
     gate_n: Annotated[int, typer.Option(help="held-out phantoms (seed 999) for the gate")] = 400,
     seed: Annotated[int, typer.Option(help="initialisation and batch-order seed")] = 0,
     threads: Annotated[int, typer.Option(help="torch CPU threads")] = 1,

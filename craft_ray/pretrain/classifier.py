@@ -34,11 +34,11 @@ MIN_AUROC = 0.95
 class ClassifierPretrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     modality: str
-    n_train: int = Field(6000, ge=16, description="training phantoms of the modality")
+    n_train: int = Field(4000, ge=16, description="training phantoms of the modality")
     data_seed: int = CLASSIFIER_DATA_SEED
     size: int = 64
     seed: int = Field(0, description="initialisation and batch order")
-    epochs: int = Field(12, ge=1)
+    epochs: int = Field(10, ge=1)
     batch_size: int = Field(64, ge=2)
     learning_rate: float = 3e-3
     width: int = Field(32, ge=4, description="channels of the first conv block")
