@@ -19,13 +19,14 @@ def test_demo_experiments_use_the_shipped_models_and_the_demo_paths(tmp_path):
     assert {e.method for e in experiments} == {"craft", "lora_sft", "pretrained"}
     for exp in experiments:
         cfg: ExperimentConfig = exp.cfg
-        assert cfg.model.base == "phantom" and cfg.model.vlm == "phantom:chest"
+        # the phantom diffusion base is not shipped yet: the demo starts from the in-code preset
+        assert cfg.model.base == "tiny" and cfg.model.vlm == "phantom:chest"
         assert cfg.evaluation.classifier == "phantom:chest"
         assert cfg.seed == 7 and cfg.evaluation.seed == 7
         assert cfg.dataset.uri == str(tmp_path / "data" / "chexpert")
         assert cfg.storage.path == str(tmp_path / "seed-7" / "runs")
         assert cfg.reward.calibration == cfg.evaluation.calibration == str(tmp_path / "cas" / "chexpert.json")
-        assert cfg.scaling.workers == 2
+        assert cfg.scaling.workers == (1 if exp.method == "pretrained" else 2)
     by_method = {e.method: e.cfg for e in experiments}
     # the baselines are compared on equal terms: same LoRA, steps, batch and learning rate
     for key in ("steps", "batch_size", "learning_rate"):
@@ -105,12 +106,13 @@ def test_demo_end_to_end_then_continues(ray_local, tmp_path):
     }
     args = [sys.executable, "-m", "craft_ray.cli", "demo", "--out", str(out), "--n", "48"]
     args += [a for k, v in sets.items() for a in ("--set", f"{k}={v}")]
-    env = {**os.environ, "RAY_ADDRESS": ray_local.get_runtime_context().gcs_address}
-    result = subprocess.run(args, capture_output=True, text=True, timeout=900, env=env)
+    env = {**os.environ, "RAY_ADDRESS": ray_local.get_runtime_context().gcs_address, "COLUMNS": "300"}
+    result = subprocess.run(args, capture_output=True, text=True, timeout=1200, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "training craft for 1 steps on 2 Ray Train worker(s)" in result.stdout
+    said = " ".join((result.stdout + result.stderr).split())  # progress goes to stderr, the table to stdout
+    assert "training craft for 1 steps on 2 Ray Train worker(s)" in said
     for method in ("craft", "lora_sft", "pretrained"):
-        assert f"demo-{method}" in result.stdout
+        assert f"demo-{method}" in said
         assert (out / "seed-0" / "runs" / f"demo-{method}" / "final" / "model.json").is_file()
     assert "OOF AUROC" in result.stdout and "tail share" in result.stdout
     summary = json.loads((out / "summary.json").read_text())
