@@ -122,7 +122,7 @@ def test_demo_end_to_end_then_continues(ray_local, tmp_path):
         for key in ("cas", "tail_share", "oof_accuracy"):  # with 2 images per label)
             assert 0.0 <= row[key] <= 1.0, (key, row)
     report = out / "seed-0" / "report"
-    assert list(report.glob("*.png")) and list(report.glob("*.md"))
+    assert (report / "report.md").is_file() and list(report.glob("figures/*.png"))
 
     messages: list[str] = []
 

@@ -104,14 +104,18 @@ def ensure_trained(exp: DemoExperiment, reporter: Reporter) -> Path:
     steps = cfg.training.steps
     done = finished_step(run_dir)
     # a method without an adapter (pretrained) trains nothing: its final checkpoint is step 0
-    if done == steps or (done is not None and get_method(cfg.method).adapter is None):
+    untrained = get_method(cfg.method).adapter is None
+    if done == steps or (done is not None and untrained):
         reporter.say(f"{cfg.run_name}: trained ({steps} steps), reusing {run_dir}")
         return run_dir
     resume = run_exists(str(run_dir))
+    workers = f"{cfg.scaling.workers} Ray Train worker(s)"
+    if untrained:
+        reporter.say(f"{cfg.run_name}: checkpointing the base as it is ({cfg.method}) on {workers}")
+        run_training(cfg, resume=resume)
+        return run_dir
     verb = "continuing" if resume else "training"
-    reporter.say(
-        f"{cfg.run_name}: {verb} {cfg.method} for {steps} steps on {cfg.scaling.workers} Ray Train worker(s)"
-    )
+    reporter.say(f"{cfg.run_name}: {verb} {cfg.method} for {steps} steps on {workers}")
     every = max(1, steps // 10)
 
     def on_report(metrics: dict[str, Any]) -> None:
