@@ -48,8 +48,9 @@ class Reporter:
         pass
 
     @contextlib.contextmanager
-    def progress(self, description: str) -> Iterator[Callable[[int, int], None]]:
-        yield lambda done, total: None
+    def progress(self, description: str) -> Iterator[Callable[..., None]]:
+        # (done, total[, what is being counted]): calibration names its phase as a third argument
+        yield lambda done, total, *what: None
 
 
 @dataclass
