@@ -71,7 +71,7 @@ def demo(
     n: Annotated[int, typer.Option(help="phantom images of the dataset (data seed 0)")] = 1000,
 ) -> None:
     """CRAFT vs lora_sft vs the pretrained base on chest phantoms: train each on Ray Train (2
-    workers) from the shipped base, evaluate (CAS, tail, out-of-family CNN), report, and print the
+    workers) from the base of experiments/demo, evaluate (CAS, tail, out-of-family CNN), report, and print the
     table. Re-running continues where it stopped."""
     from craft_ray.cli.evaluate import CliReporter
     from craft_ray.demo import DEMO_EXPERIMENTS, DemoOptions, run_demo

@@ -1,7 +1,7 @@
 """`craft demo`: the offline main job, end to end on a local Ray cluster.
 
 Per seed: phantom data (seed 0, shared by every seed), the CAS calibration on its real val split,
-each experiment of `experiments/demo/` trained from the shipped base on Ray Train (the reward is
+each experiment of `experiments/demo/` trained from the experiments' `model.base` on Ray Train (the reward is
 the shipped VLM), all of them evaluated with the evaluation runner (the same label sets and image
 seeds for every method; the out-of-family classifier is the shipped CNN), a report (`craft
 report`: tables, figures, sample grids) and the headline table. With several seeds, a summary of
