@@ -149,7 +149,9 @@ def test_modality_rule_recognises_real_phantoms():
         assert np.mean([p == modality for p in predicted]) >= 0.9, modality
 
 
-@pytest.mark.skipif(not diffusion_shipped(), reason="no phantom diffusion base shipped yet (its training run did not finish)")
+@pytest.mark.skipif(
+    not diffusion_shipped(), reason="no phantom diffusion base shipped yet (its training run did not finish)"
+)
 def test_shipped_diffusion_base_samples_each_modality():
     components = build_diffusion("phantom").freeze()
     assert components.source == "phantom" and components.vae_scale_factor == 4
