@@ -316,6 +316,18 @@ class EvaluationConfig(_Strict):
         return self
 
 
+def _phantom_of_modality(value: Any, modality: str, field: str, dataset: str) -> Any:
+    """'phantom' -> 'phantom:<modality>'; a phantom name of another modality is an error."""
+    if value == "phantom":
+        return f"phantom:{modality}"
+    if isinstance(value, str) and value.startswith("phantom:") and value != f"phantom:{modality}":
+        raise ValueError(
+            f"{field} {value!r} is not of dataset {dataset!r}'s modality {modality!r} "
+            f"(use 'phantom' or 'phantom:{modality}')"
+        )
+    return value
+
+
 class ExperimentConfig(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     seed: int = 0
@@ -334,19 +346,17 @@ class ExperimentConfig(_Strict):
     @model_validator(mode="before")
     @classmethod
     def _phantom_vlm(cls, data: Any) -> Any:
-        """`model.vlm: phantom` names the shipped VLM of the dataset's modality: `phantom:<modality>`."""
-        model, dataset = (data.get(k) if isinstance(data, dict) else None for k in ("model", "dataset"))
-        if not (isinstance(model, dict) and isinstance(dataset, dict) and dataset.get("name") in DATASETS):
+        """`model.vlm: phantom` and `evaluation.classifier: phantom` name the shipped models of the
+        dataset's modality: `phantom:<modality>`."""
+        dataset = data.get("dataset") if isinstance(data, dict) else None
+        if not (isinstance(dataset, dict) and dataset.get("name") in DATASETS):
             return data
         modality = DATASETS[dataset["name"]].modality
-        vlm = model.get("vlm")
-        if vlm == "phantom":
-            return {**data, "model": {**model, "vlm": f"phantom:{modality}"}}
-        if isinstance(vlm, str) and vlm.startswith("phantom:") and vlm != f"phantom:{modality}":
-            raise ValueError(
-                f"model.vlm {vlm!r} is not of dataset {dataset['name']!r}'s modality {modality!r} "
-                f"(use 'phantom' or 'phantom:{modality}')"
-            )
+        for section, key in (("model", "vlm"), ("evaluation", "classifier")):
+            part = data.get(section)
+            if isinstance(part, dict) and key in part:
+                value = _phantom_of_modality(part[key], modality, f"{section}.{key}", dataset["name"])
+                data = {**data, section: {**part, key: value}}
         return data
 
     @model_validator(mode="after")

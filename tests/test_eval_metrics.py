@@ -231,3 +231,24 @@ def test_actor_pools_fit_the_cluster_and_share_gpus():
     assert gpus["generate"].num_cpus == 1.0  # nothing scaled when it fits
     fixed = plan_resources(EvaluationConfig(score={"actors": 2, "num_gpus": 0}), {"CPU": 32.0, "GPU": 1.0})
     assert fixed["score"].actors == 2 and fixed["score"].num_gpus == 0
+
+
+def test_out_of_family_accuracy_on_the_conditioned_labels():
+    from craft_ray.evaluation.metrics import label_accuracy, out_of_family_table
+
+    labels = ["A", "B", "C"]
+    probs = np.array([[0.9, 0.2, 0.6], [0.1, 0.7, 0.4], [0.4, 0.4, 0.1]])
+    sets = [["A"], ["B", "C"], ["C"]]
+    # multi-label: per image, the share of evaluated labels decided right at P = 0.5, by hand
+    multi = label_accuracy(probs, sets, labels, labels, multilabel=True)
+    assert multi.tolist() == pytest.approx([2 / 3, 2 / 3, 2 / 3])
+    # only the evaluated labels count
+    only_a = label_accuracy(probs, sets, labels, ["A"], multilabel=True)
+    assert only_a.tolist() == [1.0, 1.0, 1.0]
+    # single-label: top-1 class against the conditioned label
+    single = label_accuracy(probs, sets[:1] + [["B"], ["C"]], labels, labels, multilabel=False)
+    assert single.tolist() == [1.0, 1.0, 0.0]  # the third image's top class is A (tie A/B -> first)
+    table = out_of_family_table(
+        probs, [0.5, 0.5, 0.5], sets, labels, labels, n_boot=100, level=0.95, seed=0, multilabel=True
+    )
+    assert table["accuracy"]["mean"] == pytest.approx(2 / 3) and "0.5" in table["accuracy"]["kind"]

@@ -183,33 +183,6 @@ def test_train_cli(ray_local, phantom_root, tmp_path):
     assert "Ray cluster" not in again.stderr  # input errors come before any Ray work
 
 
-def test_offline_demo_end_to_end(ray_local, tmp_path):
-    """`craft demo` as a user runs it (on this test's Ray cluster), then again: it continues."""
-    from craft_ray.demo import run_demo
-
-    out = tmp_path / "demo"
-    args = ["demo", "--out", str(out), "--n", "40", "--size", "32", "--steps", "2", "--workers", "2"]
-    env = {**os.environ, "RAY_ADDRESS": ray_local.get_runtime_context().gcs_address}
-    result = subprocess.run(
-        [sys.executable, "-m", "craft_ray.cli", *args], capture_output=True, text=True, timeout=900, env=env
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert (
-        "CRAFT: 2 steps on 2 Ray Train workers" in result.stdout
-        and "LoRA (diffusers format)" in result.stdout
-    )
-    for modality in ("chest", "derm", "fundus", "histo"):
-        assert (out / "data" / modality / "manifest.json").exists()
-    assert (out / "cas" / "chest_thresholds.json").exists()
-    final = out / "runs" / "demo-chexpert-craft" / "final"
-    assert (final / "lora" / "pytorch_lora_weights.safetensors").exists()
-    again = run_demo(
-        out, n=40, size=32, steps=2, workers=2
-    )  # re-running reuses and continues, never overwrites
-    assert set(again.manifests) == {"chest", "derm", "fundus", "histo"}
-    assert again.training.history[-1]["resumed_from"] == 2.0
-
-
 @pytest.mark.timeout(420)  # a hang (ranks in different collectives) fails here, not in CI's global limit
 def test_a_failing_rank_never_hangs_the_others_and_skips_are_counted_by_kind(
     ray_local, phantom_root, tmp_path

@@ -88,8 +88,8 @@ def pretrain_vlm(
 def pretrain_diffusion(
     out: Annotated[Path, typer.Option(help="directory to write (diffusers layout, card, samples.png)")],
     n_per_modality: Annotated[int, typer.Option(help="training phantoms per modality")] = 3000,
-    vae_steps: Annotated[int, typer.Option()] = 2000,
-    unet_steps: Annotated[int, typer.Option()] = 4000,
+    vae_steps: Annotated[int, typer.Option()] = 3000,
+    unet_steps: Annotated[int, typer.Option()] = 8000,
     seed: Annotated[int, typer.Option(help="initialisation and batch-order seed")] = 0,
     threads: Annotated[int, typer.Option(help="torch CPU threads")] = 1,
     overwrite: Annotated[bool, typer.Option(help="replace a non-empty --out")] = False,
@@ -119,4 +119,48 @@ def pretrain_diffusion(
     console.print(
         f"phantom diffusion base -> {out}: modality accuracy of samples {metrics['modality_accuracy']:.2f} "
         f"(look at {out / 'samples.png'}); gate {verdict}"
+    )
+
+
+@app.command("classifier")
+def pretrain_classifier(
+    modality: Annotated[str, typer.Option(help="chest | derm | fundus | histo")],
+    out: Annotated[Path, typer.Option(help="directory to write (weights, classifier.json, card)")],
+    n_train: Annotated[int, typer.Option(help="training phantoms of the modality (data seed 300)")] = 4000,
+    epochs: Annotated[int, typer.Option()] = 10,
+    gate_n: Annotated[int, typer.Option(help="held-out phantoms (seed 999) for the gate")] = 400,
+    seed: Annotated[int, typer.Option(help="initialisation and batch-order seed")] = 0,
+    threads: Annotated[int, typer.Option(help="torch CPU threads")] = 1,
+    overwrite: Annotated[bool, typer.Option(help="replace a non-empty --out")] = False,
+) -> None:
+    """The out-of-family evaluator `phantom:<modality>` (`evaluation.classifier: phantom`): a CNN
+    trained on phantom ground truth of its own seed, never the reward VLM's data."""
+    from craft_ray.knowledge.labels import dataset_for_modality
+    from craft_ray.outputs import atomic_dir, check_output
+    from craft_ray.pretrain.classifier import ClassifierPretrainConfig
+    from craft_ray.pretrain.classifier import pretrain_classifier as run
+
+    dataset_for_modality(modality)
+    check_output(out, overwrite, kind="dir")
+    _threads(threads)
+    cfg = ClassifierPretrainConfig(
+        modality=modality, n_train=n_train, epochs=epochs, gate_n=gate_n, seed=seed
+    )
+    with atomic_dir(out) as tmp:
+        command = _command_line(
+            "classifier",
+            modality=modality,
+            out=out,
+            n_train=n_train,
+            epochs=epochs,
+            gate_n=gate_n,
+            seed=seed,
+            threads=threads,
+        )
+        metrics = run(cfg, tmp, command, _log)
+    verdict = "[green]passes[/green]" if metrics["passes"] else "[red]FAILS[/red]"
+    per_label = ", ".join(f"{k} {v:.3f}" for k, v in metrics["auroc"].items())
+    console.print(
+        f"phantom:{modality} classifier -> {out}: held-out AUROC per label {per_label}; "
+        f"accuracy {metrics['accuracy']:.3f}; gate {verdict}"
     )

@@ -136,6 +136,28 @@ def auroc_table(
     return {"per_label": per_label, "macro": float(np.mean(finite)) if finite else math.nan}
 
 
+def label_accuracy(
+    probs: np.ndarray,
+    label_sets: Sequence[Sequence[str]],
+    oof_labels: Sequence[str],
+    labels: Sequence[str],
+    multilabel: bool,
+) -> np.ndarray:
+    """Per image, the classifier's accuracy on the conditioned labels: multi-label, the share of
+    the evaluated labels whose decision at P = 0.5 matches presence in the label set; single-label,
+    1 when the top class is the conditioned label, else 0."""
+    probs = np.asarray(probs, dtype=np.float64).reshape(len(label_sets), len(oof_labels))
+    if not multilabel:
+        top = [oof_labels[int(i)] for i in probs.argmax(axis=1)] if len(probs) else []
+        return np.array([float(t in ls) for t, ls in zip(top, label_sets, strict=True)])
+    columns = [oof_labels.index(label) for label in labels if label in oof_labels]
+    decided = probs[:, columns] >= 0.5
+    present = np.array([[oof_labels[j] in ls for j in columns] for ls in label_sets], dtype=bool)
+    return (
+        (decided == present.reshape(decided.shape)).mean(axis=1) if columns else np.full(len(probs), np.nan)
+    )
+
+
 def out_of_family_table(
     oof_prob: np.ndarray,
     agreement: Sequence[float],
@@ -145,12 +167,19 @@ def out_of_family_table(
     n_boot: int,
     level: float,
     seed: int,
+    multilabel: bool = True,
 ) -> dict[str, Any]:
     """Does a classifier of another family recognise the conditioned labels? Agreement (mean, CI)
-    overall and per label, and AUROC of its probabilities against the conditioned labels."""
+    overall and per label, its accuracy on the conditioned labels, and the AUROC of its
+    probabilities against them."""
     agree = np.asarray(agreement, dtype=np.float64)
     rocs = auroc_table(np.asarray(oof_prob), label_sets, oof_labels)
+    correct = label_accuracy(np.asarray(oof_prob), label_sets, oof_labels, labels, multilabel)
     return {
+        "accuracy": {
+            **bootstrap_summary(correct, n_boot=n_boot, level=level, seed=seed),
+            "kind": "per-label decisions at P = 0.5" if multilabel else "top-1 class",
+        },
         "agreement": bootstrap_summary(agree, n_boot=n_boot, level=level, seed=seed),
         "agreement_per_label": {
             label: bootstrap_summary(agree[members(label_sets, label)], n_boot=n_boot, level=level, seed=seed)

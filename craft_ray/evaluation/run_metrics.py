@@ -82,6 +82,7 @@ def run_metrics(
             refs.classifier.labels,
             labels,
             **boot,
+            multilabel=refs.classifier.card.multilabel,
         ),
     }
     progress(1, STEPS)

@@ -131,7 +131,7 @@ class ScoreStage:
             scores = result.dims.get(dim)
             values[dim] = scores.float().cpu().tolist() if scores is not None else [math.nan] * len(images)
         values["threshold"] = [image_threshold(ls, self.thresholds) for ls in label_sets]
-        values["below_threshold"] = [  # None: no label of the image has a threshold (thin labels)
+        values["below_threshold"] = [  # unknown (null) when no label of the image has a threshold
             None if t is None else bool(c < t)
             for c, t in zip(values["cas"], values["threshold"], strict=True)
         ]

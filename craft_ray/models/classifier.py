@@ -190,8 +190,10 @@ def fit_classifier(
     seed: int = 0,
     device: str | torch.device = "cpu",
     progress: ProgressFn | None = None,
+    augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
 ) -> Classifier:
     """Train a fresh `SmallCNN` on in-memory images (N, C, H, W) in [0, 1] and multi-hot targets.
+    `augment(inputs, generator)`, when given, transforms each batch of network inputs (seeded).
 
     Single-label cards train with cross-entropy on each row's one label (rows with none or several
     are refused); multi-label cards with per-label binary cross-entropy. Seeded: the same inputs and
@@ -213,6 +215,7 @@ def fit_classifier(
     steps_per_epoch = max(1, -(-len(inputs) // batch_size))
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, lr, total_steps=epochs * steps_per_epoch)
     order_gen = torch.Generator().manual_seed(seed)
+    augment_gen = torch.Generator().manual_seed(seed + 1)
     model.train()
     loss = torch.tensor(float("nan"))
     for epoch in range(epochs):
@@ -221,7 +224,8 @@ def fit_classifier(
             idx = order[start : start + batch_size].to(inputs.device)
             if len(idx) < 2:  # BatchNorm needs two samples; the row comes back next epoch
                 continue
-            logits = model(inputs[idx])
+            batch = inputs[idx] if augment is None else augment(inputs[idx], augment_gen)
+            logits = model(batch)
             if card.multilabel:
                 loss = F.binary_cross_entropy_with_logits(logits, targets[idx])
             else:
@@ -314,11 +318,11 @@ def train_classifier(
 
 
 def resolve_classifier(spec: str, device: str | torch.device = "cpu") -> Classifier:
-    """`evaluation.classifier`: a saved classifier directory. ('phantom' names weights shipped with
-    the project by `craft pretrain classifier`; until they exist it is an error.)"""
-    if spec == "phantom":
-        raise ModelError(
-            "evaluation.classifier: 'phantom' weights are not shipped in this build; give a directory saved "
-            "by craft_ray.models.classifier, or leave the field unset to train one on the real train split"
-        )
+    """`evaluation.classifier`: a saved classifier directory, or `phantom:<modality>` (the CNN shipped
+    with the project, made by `craft pretrain classifier`; a config resolves a bare `phantom` to
+    the dataset's modality)."""
+    from craft_ray.models.phantom import is_phantom, phantom_classifier_dir
+
+    if is_phantom(spec):
+        return Classifier.load(phantom_classifier_dir(spec), device)
     return Classifier.load(spec, device)

@@ -13,7 +13,7 @@ SEED_PLAN = {
     "phantom diffusion base training": 100,
     "phantom VLM training (reward model)": 200,
     "phantom VLM negatives of other modalities": 201,
-    "out-of-family classifier (evaluator, issue 9)": "its own seed, disjoint from the above",
+    "out-of-family classifier (evaluator) training": 300,
     "held-out gates of every shipped model": GATE_SEED,
 }
 
@@ -45,7 +45,10 @@ def read_card(directory: Path) -> dict:
 
 def _markdown(card: dict) -> str:
     cfg, rec, gate = card["config"], card["training"], card["gate"]
-    title = f"phantom:{cfg['modality']}" if card["kind"] == "vlm" else "phantom (diffusion base)"
+    title = {
+        "vlm": f"phantom:{cfg.get('modality')} (reward VLM)",
+        "classifier": f"phantom:{cfg.get('modality')} (out-of-family classifier)",
+    }.get(card["kind"], "phantom (diffusion base)")
     lines = [
         f"# {title}",
         "",

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from functools import partial
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -37,7 +39,9 @@ class DiffusionArch(BaseModel):
     # cross-attention per UNet level: none at 16x16, where self-attention over 256 positions
     # triples the cost on CPU; LoRA's to_q/to_k/to_v/to_out.0 sit at the 8x8 level
     unet_attention: tuple[bool, ...] = (False, True, False)
-    vae_channels: tuple[int, ...] = (8, 16, 32)
+    # (8, 16, 32) under-fits fine detail (vessels, nuclei) and colour; 16 channels at full
+    # resolution cost ~2x per step and reconstruct every modality
+    vae_channels: tuple[int, ...] = (16, 32, 64)
     latent_channels: int = 4
     text_hidden: int = 64
     text_layers: int = 2
@@ -49,14 +53,16 @@ class DiffusionPretrainConfig(BaseModel):
     data_seed: int = DIFFUSION_DATA_SEED
     size: int = 64
     seed: int = 0
-    vae_steps: int = Field(2000, ge=1)
+    vae_steps: int = Field(3000, ge=1)
     vae_batch_size: int = 16
     vae_learning_rate: float = 1e-3
     kl_weight: float = 1e-6
-    unet_steps: int = Field(4000, ge=1)
+    unet_steps: int = Field(8000, ge=1)
     unet_batch_size: int = 16
     unet_learning_rate: float = 1e-3
     uncond_prob: float = 0.1
+    ema_decay: float = Field(0.999, ge=0.0, lt=1.0, description="EMA of the UNet weights (what ships)")
+    preview_every: int = Field(500, ge=1, description="steps between preview PNGs written to the output")
     gate_samples: int = Field(16, ge=1, description="samples per modality for the gate")
     arch: DiffusionArch = Field(default_factory=DiffusionArch)
 
@@ -115,7 +121,11 @@ def phantom_corpus(
     return torch.cat(images), captions
 
 
-def train_vae(vae: AutoencoderKL, images: torch.Tensor, cfg: DiffusionPretrainConfig, log) -> list[dict]:
+def train_vae(
+    vae: AutoencoderKL, images: torch.Tensor, cfg: DiffusionPretrainConfig, log, preview=None
+) -> list[dict]:
+    """L2 + L1 reconstruction with a tiny KL weight (latents stay near a Gaussian scale only).
+    `preview(vae, step)`, when given, is called every `cfg.preview_every` steps and at the end."""
     vae.train()
     started = time.time()
     optimizer = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_learning_rate, weight_decay=0.0)
@@ -139,6 +149,10 @@ def train_vae(vae: AutoencoderKL, images: torch.Tensor, cfg: DiffusionPretrainCo
             log(
                 f"vae step {step}/{cfg.vae_steps} [{time.time() - started:.0f} s] recon {float(rec.detach()):.4f}"
             )
+        if preview is not None and (step % cfg.preview_every == 0 or step == cfg.vae_steps - 1):
+            vae.eval()
+            preview(vae, step)
+            vae.train()
     vae.eval()
     return history
 
@@ -156,7 +170,13 @@ def encode_latents(vae: AutoencoderKL, images: torch.Tensor) -> tuple[torch.Tens
     return mean, std
 
 
-def train_unet(components: DiffusionComponents, latents, captions: list[str], cfg, log) -> list[dict]:
+def train_unet(
+    components: DiffusionComponents, latents, captions: list[str], cfg, log, preview=None
+) -> list[dict]:
+    """Epsilon prediction on VAE latents; the UNet ends with its EMA weights.
+    `preview(components, step)` as in `train_vae` (with the EMA weights swapped in)."""
+    from diffusers.training_utils import EMAModel
+
     mean, std = latents
     scale = components.vae.config.scaling_factor
     phrases = sorted(set(captions)) + [""]
@@ -167,6 +187,7 @@ def train_unet(components: DiffusionComponents, latents, captions: list[str], cf
     started = time.time()
     optimizer = torch.optim.AdamW(unet.parameters(), lr=cfg.unet_learning_rate, weight_decay=0.01)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, _warmup_cosine(200, cfg.unet_steps))
+    ema = EMAModel(unet.parameters(), decay=cfg.ema_decay, use_ema_warmup=True, power=3 / 4)
     gen = torch.Generator().manual_seed(cfg.seed + 1)
     history = []
     for step in range(cfg.unet_steps):
@@ -183,26 +204,43 @@ def train_unet(components: DiffusionComponents, latents, captions: list[str], cf
         torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
         optimizer.step()
         schedule.step()
+        ema.step(unet.parameters())
         if step % 100 == 0 or step == cfg.unet_steps - 1:
             history.append({"step": step, "loss": float(loss.detach())})
             log(
                 f"unet step {step}/{cfg.unet_steps} [{time.time() - started:.0f} s] loss {float(loss.detach()):.4f}"
             )
+        if preview is not None and step > 0 and step % (4 * cfg.preview_every) == 0:
+            ema.store(unet.parameters())
+            ema.copy_to(unet.parameters())
+            unet.eval()
+            preview(components, step)
+            ema.restore(unet.parameters())
+            unet.train()
+    ema.copy_to(unet.parameters())
     unet.eval()
     return history
 
 
 def train_diffusion(
-    cfg: DiffusionPretrainConfig, log: Callable[[str], None] = print
+    cfg: DiffusionPretrainConfig, log: Callable[[str], None] = print, preview_dir: Path | None = None
 ) -> tuple[DiffusionComponents, dict]:
+    """Both stages; with `preview_dir`, reconstructions (`vae_reconstructions.png`: real rows over
+    reconstructed rows) and samples (`unet_samples.png`) are written there while training runs."""
     started = time.time()
     images, captions = phantom_corpus(cfg, log)
     components = build_components(cfg.arch, cfg.seed, cfg.size)
     components.text_encoder.requires_grad_(False).eval()
-    vae_history = train_vae(components.vae, images, cfg, log)
+    vae_preview = unet_preview = None
+    if preview_dir is not None:
+        vae_preview = partial(
+            _preview_reconstructions, images, cfg, preview_dir / "vae_reconstructions.png", log
+        )
+        unet_preview = partial(_preview_samples, preview_dir / "unet_samples.png", log)
+    vae_history = train_vae(components.vae, images, cfg, log, vae_preview)
     vae_time = time.time() - started
     latents = encode_latents(components.vae, images)
-    unet_history = train_unet(components, latents, captions, cfg, log)
+    unet_history = train_unet(components, latents, captions, cfg, log, unet_preview)
     components.freeze()
     record = {
         "wall_time_s": round(time.time() - started, 1),
@@ -223,6 +261,28 @@ def train_diffusion(
     return components, record
 
 
+@torch.no_grad()
+def _preview_reconstructions(images, cfg, path: Path, log, vae: AutoencoderKL, step: int) -> None:
+    per = 8
+    rows = torch.cat([torch.arange(per) + k * cfg.n_per_modality for k in range(len(MODALITIES))])
+    x = images[rows].float() / 127.5 - 1
+    recon = vae.decode(vae.encode(x).latent_dist.mean).sample
+    grid = {}
+    for k, modality in enumerate(MODALITIES):
+        grid[modality] = (x[k * per : (k + 1) * per] + 1) / 2
+        grid[f"{modality} recon"] = (recon[k * per : (k + 1) * per] + 1) / 2
+    save_grid(grid, path)
+    log(f"vae step {step}: reconstructions -> {path}")
+
+
+def _preview_samples(path: Path, log, components: DiffusionComponents, step: int) -> None:
+    from craft_ray.pretrain.gates import diffusion_samples
+
+    samples = {m: diffusion_samples(components, s.modality_phrase, 8, 0) for m, s in MODALITIES.items()}
+    save_grid(samples, path)
+    log(f"unet step {step}: samples -> {path}")
+
+
 def save_grid(samples: dict[str, torch.Tensor], path) -> None:
     """One row per modality: a PNG to look at."""
     import numpy as np
@@ -241,7 +301,7 @@ def pretrain_diffusion(
     from craft_ray.pretrain.card import write_card
     from craft_ray.pretrain.gates import diffusion_gate
 
-    components, record = train_diffusion(cfg, log)
+    components, record = train_diffusion(cfg, log, preview_dir=Path(out))
     save_diffusion(components, out)
     metrics, samples = diffusion_gate(components, cfg.gate_samples)
     metrics["passes"] = metrics["modality_accuracy"] >= 0.9

@@ -107,20 +107,21 @@ def out_of_family_table(metrics: dict[str, Any]) -> Table:
     oof = metrics["out_of_family"]
     table = Table(
         f"Out-of-family evaluator on {metrics['model']}: agreement with the conditioned labels",
-        ["group", "agreement", "AUROC"],
-        note=f"evaluator: {oof['classifier']}",
+        ["group", "agreement", "AUROC"] + (["accuracy"] if "accuracy" in oof else []),
+        note=f"evaluator: {oof['classifier']}"
+        + (f"; accuracy: {oof['accuracy']['kind']}" if "accuracy" in oof else ""),
     )
-    table.rows.append(
-        [
-            "overall",
-            with_ci(oof["agreement"]["mean"], oof["agreement"]["mean_ci"]),
-            num(oof["auroc"]["macro"]),
-        ]
-    )
+    overall = [
+        "overall",
+        with_ci(oof["agreement"]["mean"], oof["agreement"]["mean_ci"]),
+        num(oof["auroc"]["macro"]),
+    ]
+    if "accuracy" in oof:  # evaluations written before the accuracy column have none
+        overall.append(with_ci(oof["accuracy"]["mean"], oof["accuracy"]["mean_ci"]))
+    table.rows.append(overall)
     for label, block in oof["agreement_per_label"].items():
-        table.rows.append(
-            [label, with_ci(block["mean"], block["mean_ci"]), num(oof["auroc"]["per_label"].get(label))]
-        )
+        row = [label, with_ci(block["mean"], block["mean_ci"]), num(oof["auroc"]["per_label"].get(label))]
+        table.rows.append(row + (["-"] if "accuracy" in oof else []))
     return table
 
 

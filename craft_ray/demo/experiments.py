@@ -1,0 +1,103 @@
+"""The demo's experiments: the YAMLs of `experiments/demo/` (one per method), placed in a demo
+directory.
+
+Every `*.yaml` of the directory whose name does not start with `_` is one method to train and
+evaluate (`_common.yaml` holds what they share). The demo owns the paths, so it overrides them:
+the dataset under `<out>/data/<dataset>`, the calibration `<out>/cas/<dataset>.json` (reward and
+evaluation), the runs under `<out>/seed-<s>/runs`, and the seed of training and of evaluation
+sampling. Anything else (steps, learning rate, reward weights, K, lambda, guidance, evaluation
+sizes) is read from the YAMLs, so a user changes the experiment there, or per run with `--set`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from craft_ray.config import ExperimentConfig, load_config
+from craft_ray.errors import ConfigError
+
+DEMO_EXPERIMENTS = Path(__file__).resolve().parents[2] / "experiments" / "demo"
+MAIN_METHOD = "craft"
+
+
+@dataclass(frozen=True)
+class DemoLayout:
+    """Where one demo directory keeps what it makes."""
+
+    out: Path
+
+    def data(self, dataset: str) -> Path:
+        return self.out / "data" / dataset
+
+    def calibration(self, dataset: str) -> Path:
+        return self.out / "cas" / f"{dataset}.json"
+
+    def seed_dir(self, seed: int) -> Path:
+        return self.out / f"seed-{seed}"
+
+    def runs(self, seed: int) -> Path:
+        return self.seed_dir(seed) / "runs"
+
+    def report(self, seed: int) -> Path:
+        return self.seed_dir(seed) / "report"
+
+    def summary(self, seed: int) -> Path:
+        return self.seed_dir(seed) / "summary.json"
+
+
+@dataclass
+class DemoExperiment:
+    path: Path
+    cfg: ExperimentConfig
+
+    @property
+    def method(self) -> str:
+        return self.cfg.method
+
+
+def experiment_files(directory: Path) -> list[Path]:
+    if not directory.is_dir():
+        raise ConfigError(f"{directory}: no such experiments directory")
+    files = sorted(p for p in directory.glob("*.yaml") if not p.name.startswith("_"))
+    if not files:
+        raise ConfigError(f"{directory}: no experiment YAMLs (files not starting with '_')")
+    return files
+
+
+def load_experiments(
+    directory: Path, layout: DemoLayout, seed: int, overrides: dict[str, Any] | None = None
+) -> list[DemoExperiment]:
+    """The demo's experiments for one seed, the main method (craft) first."""
+    experiments = []
+    for path in experiment_files(directory):
+        dataset = load_config(path, overrides).dataset.name
+        calibration = str(layout.calibration(dataset))
+        placed = {
+            **(overrides or {}),
+            "dataset.uri": str(layout.data(dataset)),
+            "storage.path": str(layout.runs(seed)),
+            "seed": seed,
+            "evaluation.seed": seed,
+            "reward.calibration": calibration,
+            "evaluation.calibration": calibration,
+        }
+        experiments.append(DemoExperiment(path, load_config(path, placed)))
+    check_experiments(directory, experiments)
+    return sorted(experiments, key=lambda e: e.method != MAIN_METHOD)
+
+
+def check_experiments(directory: Path, experiments: list[DemoExperiment]) -> None:
+    datasets = {e.cfg.dataset.name for e in experiments}
+    if len(datasets) != 1:
+        raise ConfigError(
+            f"{directory}: the demo's experiments must share one dataset, found {sorted(datasets)}"
+        )
+    names = [e.cfg.run_name for e in experiments]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"{directory}: two experiments share a run name: {names}")
+    if sum(e.method == MAIN_METHOD for e in experiments) != 1:
+        raise ConfigError(
+            f"{directory}: the demo needs exactly one '{MAIN_METHOD}' experiment (the method compared)"
+        )

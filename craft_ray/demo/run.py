@@ -1,0 +1,182 @@
+"""`craft demo`: the offline main job, end to end on a local Ray cluster.
+
+Per seed: phantom data (seed 0, shared by every seed), the CAS calibration on its real val split,
+each experiment of `experiments/demo/` trained from the experiments' `model.base` on Ray Train (the reward is
+the shipped VLM), all of them evaluated with the evaluation runner (the same label sets and image
+seeds for every method; the out-of-family classifier is the shipped CNN), a report (`craft
+report`: tables, figures, sample grids) and the headline table. With several seeds, a summary of
+mean ± sd per method over the seeds.
+
+Re-running continues: existing data and calibration are reused, unfinished runs resume from
+their last checkpoint, finished runs are not retrained and finished evaluations are reused.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from craft_ray.cas import Calibration, calibrate
+from craft_ray.config import ExperimentConfig
+from craft_ray.data import read_manifest
+from craft_ray.data.phantoms import make_phantom_dataset
+from craft_ray.data.schema import MANIFEST_NAME, Manifest
+from craft_ray.demo.experiments import DEMO_EXPERIMENTS, DemoExperiment, DemoLayout, load_experiments
+from craft_ray.demo.summary import aggregate, method_row, wins
+from craft_ray.evaluation import EvalRequest, Reporter, RunResult, evaluate, open_run
+from craft_ray.evaluation.references import evaluation_spec
+from craft_ray.knowledge.labels import get_dataset
+from craft_ray.outputs import write_text_atomic
+from craft_ray.train.checkpoint import read_model_card
+from craft_ray.train.methods import get_method
+from craft_ray.train.trainer import FINAL_NAME, run_exists, run_training
+
+DATA_SEED = 0  # the demo's phantoms (see the model cards' seed plan)
+
+
+@dataclass
+class DemoOptions:
+    out: Path
+    experiments: Path = DEMO_EXPERIMENTS
+    n: int = 1000  # phantom images of the dataset (train / val / test by the generator's fractions)
+    size: int = 64
+    overrides: dict[str, Any] = field(default_factory=dict)  # dotted config keys for every experiment
+
+
+@dataclass
+class SeedResult:
+    seed: int
+    rows: dict[str, dict[str, float]]  # method -> headline numbers
+    results: list[RunResult]
+    report: Path
+    summary: Path
+
+
+def ensure_data(cfg: ExperimentConfig, opts: DemoOptions, reporter: Reporter) -> Manifest:
+    target = Path(cfg.dataset.uri)
+    if (target / MANIFEST_NAME).exists():
+        reporter.say(f"data: reusing {target}")
+        return read_manifest(str(target))
+    modality = get_dataset(cfg.dataset.name).modality
+    with reporter.progress(f"phantom {modality} images") as update:
+        return make_phantom_dataset(modality, opts.n, target, opts.size, DATA_SEED, progress=update)
+
+
+def ensure_calibration(cfg: ExperimentConfig, reporter: Reporter) -> Calibration:
+    """The real-image thresholds and realism reference, made with the evaluation's evaluator."""
+    path = Path(cfg.evaluation.calibration or "")
+    spec = evaluation_spec(cfg)
+    if path.is_file():
+        calibration = Calibration.load(path)
+        if calibration.evaluator == spec:
+            reporter.say(f"calibration: reusing {path}")
+            return calibration
+        raise_stale(path)
+    with reporter.progress(f"calibrating CAS on real {cfg.dataset.val_split} images") as update:
+        calibration = calibrate(spec, cfg.dataset.uri, cfg.dataset.val_split, progress=update)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    calibration.save(path)
+    return calibration
+
+
+def raise_stale(path: Path) -> None:
+    from craft_ray.errors import ConfigError
+
+    raise ConfigError(
+        f"{path} was calibrated with another evaluator than the demo's experiments now name "
+        "(evaluation weights, VLM or labels changed): use a new --out, or remove that file"
+    )
+
+
+def finished_step(run_dir: Path) -> int | None:
+    final = run_dir / FINAL_NAME
+    if not (final / "model.json").is_file():
+        return None
+    return int(read_model_card(final).get("step", -1))
+
+
+def ensure_trained(exp: DemoExperiment, reporter: Reporter) -> Path:
+    """Train the experiment (or continue it); a run whose final/ is at the configured step is kept."""
+    cfg = exp.cfg
+    run_dir = Path(cfg.storage_uri()) / cfg.run_name
+    steps = cfg.training.steps
+    done = finished_step(run_dir)
+    # a method without an adapter (pretrained) trains nothing: its final checkpoint is step 0
+    untrained = get_method(cfg.method).adapter is None
+    if done == steps or (done is not None and untrained):
+        reporter.say(f"{cfg.run_name}: trained ({steps} steps), reusing {run_dir}")
+        return run_dir
+    resume = run_exists(str(run_dir))
+    workers = f"{cfg.scaling.workers} Ray Train worker(s)"
+    if untrained:
+        reporter.say(f"{cfg.run_name}: checkpointing the base as it is ({cfg.method}) on {workers}")
+        run_training(cfg, resume=resume)
+        return run_dir
+    verb = "continuing" if resume else "training"
+    reporter.say(f"{cfg.run_name}: {verb} {cfg.method} for {steps} steps on {workers}")
+    every = max(1, steps // 10)
+
+    def on_report(metrics: dict[str, Any]) -> None:
+        step = int(metrics.get("step", 0))
+        if step % every and step != steps:
+            return
+        shown = {k: metrics[k] for k in ("loss", "reward", "denoise_loss") if k in metrics}
+        reporter.say(
+            f"  {cfg.run_name} step {step}/{steps}: " + " ".join(f"{k}={v:.4f}" for k, v in shown.items())
+        )
+
+    run_training(cfg, resume=resume, on_report=on_report)
+    return run_dir
+
+
+def run_seed(opts: DemoOptions, seed: int, reporter: Reporter) -> SeedResult:
+    """One seed of the demo: data, calibration, training, evaluation, report, table."""
+    from craft_ray.report.build import build_report
+
+    layout = DemoLayout(opts.out)
+    experiments = load_experiments(opts.experiments, layout, seed, opts.overrides)
+    main_cfg = experiments[0].cfg
+    ensure_data(main_cfg, opts, reporter)
+    ensure_calibration(main_cfg, reporter)
+    run_dirs = [ensure_trained(exp, reporter) for exp in experiments]
+    sources = [open_run(d) for d in run_dirs]
+    results = evaluate(sources[0], sources[1:], EvalRequest(), reporter)
+    with reporter.progress("report (tables, figures, sample grids)") as update:
+        report = build_report(run_dirs, layout.report(seed), overwrite=True)
+        update(1, 1)
+    rows = {exp.method: method_row(result.metrics) for exp, result in zip(experiments, results, strict=True)}
+    summary = write_text_atomic(
+        layout.summary(seed),
+        json.dumps({"seed": seed, "rows": rows, "runs": [str(d) for d in run_dirs]}, indent=1) + "\n",
+    )
+    return SeedResult(seed, rows, results, report, summary)
+
+
+def run_demo(
+    opts: DemoOptions, seeds: list[int] | None = None, reporter: Reporter | None = None
+) -> tuple[list[SeedResult], dict[str, Any]]:
+    """Every seed in turn on one local Ray cluster, then the summary over seeds (also written to
+    `<out>/summary.json`)."""
+    from craft_ray.raycluster import ensure_ray
+
+    reporter = reporter or Reporter()
+    seeds = seeds or [0]
+    reporter.say(ensure_ray())
+    results = []
+    for seed in seeds:
+        reporter.say(f"== seed {seed} ==")
+        results.append(run_seed(opts, seed, reporter))
+    per_seed = {r.seed: r.rows for r in results}
+    methods = list(results[0].rows)
+    summary = {
+        "seeds": seeds,
+        "per_seed": per_seed,
+        "methods": aggregate(per_seed),
+        "wins": {base: wins(per_seed, methods[0], base) for base in methods[1:]},
+        "experiments": str(opts.experiments),
+        "overrides": opts.overrides,
+    }
+    write_text_atomic(opts.out / "summary.json", json.dumps(summary, indent=1) + "\n")
+    return results, summary

@@ -1,0 +1,109 @@
+"""The demo's headline table: per method, CAS per dimension, the tail share below the real-image
+thresholds, and the out-of-family classifier's label consistency; over several seeds, mean ± sd.
+
+Read from each run's evaluation `metrics.json` (written by `craft evaluate`), so the table says
+exactly what the evaluations measured.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+
+from craft_ray.cas.score import DIMENSIONS
+
+# (key, heading, better): the columns of the table, in order; better = +1 higher, -1 lower
+COLUMNS: tuple[tuple[str, str, int], ...] = (
+    ("cas", "CAS", 1),
+    *((dim, dim, 1) for dim in DIMENSIONS),
+    ("tail_share", "tail share", -1),
+    ("oof_auroc", "OOF AUROC", 1),
+    ("oof_accuracy", "OOF accuracy", 1),
+    ("downstream_auroc", "downstream AUROC", 1),
+)
+
+
+def method_row(metrics: dict[str, Any]) -> dict[str, float]:
+    """The headline numbers of one evaluated run."""
+    cas = metrics["cas"]["overall"]
+    oof = metrics["out_of_family"]
+    row = {"cas": cas["cas"]["mean"], **{dim: cas[dim]["mean"] for dim in DIMENSIONS if dim in cas}}
+    row["tail_share"] = metrics["tail"]["overall"]["share"]
+    row["oof_auroc"] = oof["auroc"]["macro"]
+    row["oof_accuracy"] = oof.get("accuracy", {}).get("mean", math.nan)
+    row["downstream_auroc"] = metrics.get("downstream", {}).get("generated", {}).get("macro", math.nan)
+    return {k: float(v) for k, v in row.items()}
+
+
+def aggregate(per_seed: dict[int, dict[str, dict[str, float]]]) -> dict[str, dict[str, dict[str, float]]]:
+    """{seed: {method: row}} -> {method: {column: {mean, sd, n, values}}} (sd: sample sd, ddof 1)."""
+    methods: dict[str, dict[str, list[float]]] = {}
+    for rows in per_seed.values():
+        for method, row in rows.items():
+            for key, value in row.items():
+                methods.setdefault(method, {}).setdefault(key, []).append(value)
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for method, columns in methods.items():
+        out[method] = {}
+        for key, values in columns.items():
+            x = np.asarray(values, dtype=float)
+            finite = x[np.isfinite(x)]
+            out[method][key] = {
+                "mean": float(finite.mean()) if len(finite) else math.nan,
+                "sd": float(finite.std(ddof=1)) if len(finite) > 1 else math.nan,
+                "n": int(len(finite)),
+                "values": [float(v) for v in x],
+            }
+    return out
+
+
+def wins(per_seed: dict[int, dict[str, dict[str, float]]], method: str, baseline: str) -> dict[str, str]:
+    """Per column, in how many seeds `method` is better than `baseline` ('k/n')."""
+    out = {}
+    for key, _, better in COLUMNS:
+        pairs = [
+            (rows[method].get(key, math.nan), rows[baseline].get(key, math.nan))
+            for rows in per_seed.values()
+            if method in rows and baseline in rows
+        ]
+        pairs = [(a, b) for a, b in pairs if math.isfinite(a) and math.isfinite(b)]
+        if pairs:
+            out[key] = f"{sum((a - b) * better > 0 for a, b in pairs)}/{len(pairs)}"
+    return out
+
+
+def _cell(stats: dict[str, float] | float, percent: bool) -> str:
+    if isinstance(stats, dict):
+        mean, sd = stats["mean"], stats["sd"]
+    else:
+        mean, sd = stats, math.nan
+    if not math.isfinite(mean):
+        return "-"
+    scale, unit = (100.0, " %") if percent else (1.0, "")
+    text = f"{mean * scale:.1f}" if percent else f"{mean:.3f}"
+    if math.isfinite(sd):
+        text += f" ± {sd * scale:.1f}" if percent else f" ± {sd:.3f}"
+    return text + unit
+
+
+def table_rows(
+    summary: dict[str, dict[str, Any]], methods: Iterable[str]
+) -> tuple[list[str], list[list[str]]]:
+    """Heading and rows (strings) of the table: one row per method; cells are a value, or mean ± sd."""
+    heading = ["method", *(title for _, title, _ in COLUMNS)]
+    rows = []
+    for method in methods:
+        if method not in summary:
+            continue
+        row = summary[method]
+        rows.append([method, *(_cell(row.get(key, math.nan), key == "tail_share") for key, _, _ in COLUMNS)])
+    return heading, rows
+
+
+def markdown_table(heading: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(heading) + " |", "|" + "---|" * len(heading)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)

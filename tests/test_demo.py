@@ -1,0 +1,139 @@
+"""The demo's experiments and its headline table (no Ray; the end-to-end run is in test_train_ray.py)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from craft_ray.config import ExperimentConfig
+from craft_ray.demo import DEMO_EXPERIMENTS, DemoLayout, load_experiments
+from craft_ray.demo.summary import aggregate, method_row, table_rows, wins
+from craft_ray.errors import ConfigError
+
+
+def test_demo_experiments_use_the_shipped_models_and_the_demo_paths(tmp_path):
+    layout = DemoLayout(tmp_path)
+    experiments = load_experiments(DEMO_EXPERIMENTS, layout, seed=7, overrides={"training.steps": 3})
+    assert [e.method for e in experiments][0] == "craft"
+    assert {e.method for e in experiments} == {"craft", "lora_sft", "pretrained"}
+    for exp in experiments:
+        cfg: ExperimentConfig = exp.cfg
+        # the phantom diffusion base is not shipped yet: the demo starts from the in-code preset
+        assert cfg.model.base == "tiny" and cfg.model.vlm == "phantom:chest"
+        assert cfg.evaluation.classifier == "phantom:chest"
+        assert cfg.seed == 7 and cfg.evaluation.seed == 7
+        assert cfg.dataset.uri == str(tmp_path / "data" / "chexpert")
+        assert cfg.storage.path == str(tmp_path / "seed-7" / "runs")
+        assert cfg.reward.calibration == cfg.evaluation.calibration == str(tmp_path / "cas" / "chexpert.json")
+        assert cfg.scaling.workers == (1 if exp.method == "pretrained" else 2)
+    by_method = {e.method: e.cfg for e in experiments}
+    # the baselines are compared on equal terms: same LoRA, steps, batch and learning rate
+    for key in ("steps", "batch_size", "learning_rate"):
+        assert getattr(by_method["craft"].training, key) == getattr(by_method["lora_sft"].training, key)
+    assert by_method["craft"].training.steps == 3 and by_method["pretrained"].training.steps == 3
+
+
+def test_demo_experiments_must_name_one_craft_run(tmp_path):
+    for name in ("pretrained", "lora_sft"):
+        (tmp_path / f"{name}.yaml").write_text((DEMO_EXPERIMENTS / f"{name}.yaml").read_text())
+    (tmp_path / "_common.yaml").write_text(
+        (DEMO_EXPERIMENTS / "_common.yaml").read_text().replace("../", f"{DEMO_EXPERIMENTS.parent}/")
+    )
+    with pytest.raises(ConfigError, match="exactly one 'craft'"):
+        load_experiments(tmp_path, DemoLayout(tmp_path / "out"), seed=0)
+    with pytest.raises(ConfigError, match="no such experiments directory"):
+        load_experiments(tmp_path / "nope", DemoLayout(tmp_path / "out"), seed=0)
+
+
+def _metrics(cas: float, tail: float, auroc: float, acc: float) -> dict:
+    dims = {
+        d: {"mean": cas + k / 100} for k, d in enumerate(("pathology", "checklist", "anatomy", "realism"))
+    }
+    return {
+        "cas": {"overall": {"cas": {"mean": cas}, **dims}},
+        "tail": {"overall": {"share": tail}},
+        "out_of_family": {"auroc": {"macro": auroc}, "accuracy": {"mean": acc}},
+        "downstream": {"generated": {"macro": 0.7}},
+    }
+
+
+def test_headline_rows_aggregate_over_seeds_with_sample_sd():
+    per_seed = {
+        0: {
+            "craft": method_row(_metrics(0.6, 0.10, 0.8, 0.7)),
+            "lora_sft": method_row(_metrics(0.5, 0.2, 0.7, 0.6)),
+        },
+        1: {
+            "craft": method_row(_metrics(0.7, 0.30, 0.6, 0.8)),
+            "lora_sft": method_row(_metrics(0.5, 0.2, 0.7, 0.6)),
+        },
+    }
+    assert per_seed[0]["craft"]["realism"] == pytest.approx(0.63)
+    summary = aggregate(per_seed)
+    cas = summary["craft"]["cas"]
+    assert cas["mean"] == pytest.approx(0.65) and cas["sd"] == pytest.approx(math.sqrt(0.005))  # ddof 1
+    assert summary["lora_sft"]["tail_share"]["sd"] == pytest.approx(0.0)
+    counts = wins(per_seed, "craft", "lora_sft")
+    # higher is better for CAS and the classifier, lower for the tail share
+    assert counts["cas"] == "2/2" and counts["tail_share"] == "1/2" and counts["oof_auroc"] == "1/2"
+    heading, rows = table_rows(summary, ["craft", "lora_sft"])
+    assert heading[0] == "method" and rows[0][0] == "craft"
+    assert rows[0][heading.index("CAS")] == "0.650 ± 0.071"
+    assert rows[0][heading.index("tail share")] == "20.0 ± 14.1 %"
+
+
+@pytest.mark.slow
+def test_demo_end_to_end_then_continues(ray_local, tmp_path):
+    """`craft demo` as a user runs it (on this test's Ray cluster, reduced size): three methods
+    trained on Ray Train, evaluated with the shipped out-of-family classifier, a report and the
+    table; run again, it retrains and re-evaluates nothing."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from craft_ray.demo import DemoOptions, run_demo
+    from craft_ray.evaluation import Reporter
+
+    out = tmp_path / "demo"
+    sets = {
+        "training.steps": 1,
+        "training.sampler_steps": 2,
+        "evaluation.n_per_label": 2,
+        "evaluation.classifier_epochs": 1,
+        "evaluation.n_boot": 100,
+    }
+    args = [sys.executable, "-m", "craft_ray.cli", "demo", "--out", str(out), "--n", "48"]
+    args += [a for k, v in sets.items() for a in ("--set", f"{k}={v}")]
+    env = {**os.environ, "RAY_ADDRESS": ray_local.get_runtime_context().gcs_address, "COLUMNS": "300"}
+    result = subprocess.run(args, capture_output=True, text=True, timeout=1200, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    said = " ".join((result.stdout + result.stderr).split())  # progress goes to stderr, the table to stdout
+    assert "training craft for 1 steps on 2 Ray Train worker(s)" in said
+    for method in ("craft", "lora_sft", "pretrained"):
+        assert f"demo-{method}" in said
+        assert (out / "seed-0" / "runs" / f"demo-{method}" / "final" / "model.json").is_file()
+    assert "OOF AUROC" in result.stdout and "tail share" in result.stdout
+    summary = json.loads((out / "summary.json").read_text())
+    rows = summary["per_seed"]["0"]
+    assert set(rows) == {"craft", "lora_sft", "pretrained"}
+    for row in rows.values():  # every headline number measured (the classifier's AUROC may be NaN
+        for key in ("cas", "tail_share", "oof_accuracy"):  # with 2 images per label)
+            assert 0.0 <= row[key] <= 1.0, (key, row)
+    report = out / "seed-0" / "report"
+    assert (report / "report.md").is_file() and list(report.glob("figures/*.png"))
+
+    messages: list[str] = []
+
+    class Recording(Reporter):
+        def say(self, text: str) -> None:
+            messages.append(text)
+
+    again, summary_again = run_demo(
+        DemoOptions(out, n=48, overrides=sets), [0], Recording()
+    )  # in process, on the same cluster
+    assert all(r.reused for r in again[0].results)
+    assert sum("trained (1 steps), reusing" in m for m in messages) == 3
+    assert not any("training" in m or "continuing" in m for m in messages)
+    assert summary_again["per_seed"][0]["craft"]["cas"] == pytest.approx(rows["craft"]["cas"])
