@@ -21,8 +21,8 @@ NODE_TYPES = CLUSTER["available_node_types"]
 EXPERIMENTS = sorted(
     p
     for p in (ROOT / "experiments").glob("*/*.yaml")
-    if p.parent.name not in ("datasets", "methods", "sweeps")
-)
+    if p.parent.name not in ("datasets", "methods", "sweeps") and not p.name.startswith("_")
+)  # (files starting with _ are fragments that others extend, e.g. experiments/demo/_common.yaml)
 
 
 def copies(bundle: dict[str, float], node_type: str) -> int:

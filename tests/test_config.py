@@ -9,14 +9,17 @@ import yaml
 
 from craft_ray.config import load_config
 from craft_ray.errors import ConfigError
+from craft_ray.knowledge.labels import DATASETS
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
-SHIPPED = sorted(p for p in EXPERIMENTS.glob("*/*.yaml") if p.parent.name not in ("datasets", "methods"))
+SHIPPED = sorted(
+    p for p in EXPERIMENTS.glob("*/*.yaml") if p.parent.name in DATASETS
+)  # <dataset>/<method>.yaml
+DEMO = sorted((EXPERIMENTS / "demo").glob("[!_]*.yaml"))  # _common.yaml is a fragment they extend
 
 
 def test_every_dataset_has_every_method():
     from craft_ray.config import METHODS
-    from craft_ray.knowledge.labels import DATASETS
 
     names = {(p.parent.name, p.stem) for p in SHIPPED}
     for dataset in DATASETS:
@@ -30,6 +33,12 @@ def test_shipped_configs_validate(path):
     assert cfg.dataset.name == path.parent.name
     assert cfg.method == path.stem.split("_no_")[0].replace("craft_", "craft")
     assert cfg.name == f"{path.parent.name}-{path.stem.replace('_', '-')}"
+
+
+@pytest.mark.parametrize("path", DEMO, ids=lambda p: p.stem)
+def test_demo_experiments_validate(path):
+    cfg = load_config(path)
+    assert cfg.method == path.stem and cfg.dataset.name == "chexpert"
 
 
 def test_ablation_switches_take_effect():
