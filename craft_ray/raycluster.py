@@ -23,6 +23,7 @@ def ensure_ray(address: str | None = None, **init_kwargs) -> str:
     address = address or os.environ.get("RAY_ADDRESS")
     init_kwargs.setdefault("log_to_driver", False)
     if address and address != "local":
+        _check_reachable(address)
         try:
             ray.init(address=address, **init_kwargs)
         except (ConnectionError, RuntimeError, ValueError) as exc:
@@ -30,6 +31,24 @@ def ensure_ray(address: str | None = None, **init_kwargs) -> str:
         return f"joined the Ray cluster at {address} ({_where()})"
     ray.init(address="local", **init_kwargs)
     return f"started a local Ray cluster ({_where()}); it stops when this command ends"
+
+
+def _check_reachable(address: str, timeout_s: float = 5.0) -> None:
+    """A `host:port` that nothing answers on is an error at once: `ray.init` would retry it for
+    minutes. (`auto` and `ray://` addresses are left to Ray.)"""
+    import socket
+
+    if address == "auto" or "://" in address:
+        return
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit():
+        return  # Ray names the format problem itself
+    try:
+        socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout_s).close()
+    except OSError as exc:
+        raise CraftError(
+            f"cannot join the Ray cluster at {address!r}: nothing answers at {host}:{port} ({exc.strerror or exc})"
+        ) from None
 
 
 def _where() -> str:

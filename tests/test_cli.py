@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -112,3 +113,31 @@ def test_options_and_outputs_are_checked_before_any_work(tmp_path, craft_in_proc
     )
     assert result.returncode == 2 and "nothing to resume: no run 'chexpert-craft'" in result.stderr
     assert craft_in_process("--version").stdout.startswith("craft-ray ")
+
+
+def test_a_cluster_address_nothing_answers_on_is_refused_before_ray_retries_it(tmp_path):
+    """`--address host:port` with no Ray there: one line naming the address, not minutes of Ray retries."""
+    import socket
+
+    with socket.socket() as probe:  # a port that was free a moment ago: nothing listens on it
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            f"from craft_ray.raycluster import ensure_ray; ensure_ray('127.0.0.1:{port}')",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"},
+    )
+    assert result.returncode != 0
+    assert f"cannot join the Ray cluster at '127.0.0.1:{port}': nothing answers" in result.stderr
+
+
+def test_demo_options_are_checked_before_ray_starts(tmp_path):
+    result = craft("demo", "--out", str(tmp_path / "demo"), "--set", "training.stepz=3")
+    assert result.returncode == 2 and "training.stepz: unknown key" in result.stderr
+    assert "Ray cluster" not in result.stderr + result.stdout and not (tmp_path / "demo").exists()

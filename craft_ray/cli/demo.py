@@ -10,7 +10,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table as RichTable
 
-from craft_ray.cli.common import ADDRESS_HELP, console, join_ray
+from craft_ray.cli.common import ADDRESS_HELP, console
 from craft_ray.errors import ConfigError
 
 
@@ -80,8 +80,7 @@ def demo(
     started = time.time()
     opts = DemoOptions(out, experiments or DEMO_EXPERIMENTS, n, overrides=parse_sets(set_ or []))
     seed_list = parse_seeds(seeds)
-    join_ray(address)
-    results, summary = run_demo(opts, seed_list, CliReporter())
+    results, summary = run_demo(opts, seed_list, CliReporter(), address=address)
     for result in results:
         console.print(f"seed {result.seed}: report {result.report}, numbers {result.summary}")
     what = (

@@ -155,15 +155,20 @@ def run_seed(opts: DemoOptions, seed: int, reporter: Reporter) -> SeedResult:
 
 
 def run_demo(
-    opts: DemoOptions, seeds: list[int] | None = None, reporter: Reporter | None = None
+    opts: DemoOptions,
+    seeds: list[int] | None = None,
+    reporter: Reporter | None = None,
+    address: str | None = None,
 ) -> tuple[list[SeedResult], dict[str, Any]]:
-    """Every seed in turn on one local Ray cluster, then the summary over seeds (also written to
-    `<out>/summary.json`)."""
+    """Every seed in turn on one Ray cluster (`address`, RAY_ADDRESS, else a local one), then the
+    summary over seeds (also written to `<out>/summary.json`)."""
     from craft_ray.raycluster import ensure_ray
 
     reporter = reporter or Reporter()
     seeds = seeds or [0]
-    reporter.say(ensure_ray())
+    for seed in seeds:  # every experiment config checked before any work
+        load_experiments(opts.experiments, DemoLayout(opts.out), seed, opts.overrides)
+    reporter.say(ensure_ray(address))
     results = []
     for seed in seeds:
         reporter.say(f"== seed {seed} ==")
