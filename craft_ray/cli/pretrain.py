@@ -1,4 +1,4 @@
-"""`craft pretrain vlm|diffusion`: train the shipped phantom models (weights + model card)."""
+"""`craft pretrain vlm|diffusion|classifier`: train the shipped phantom models (weights + model card)."""
 
 from __future__ import annotations
 
@@ -30,6 +30,25 @@ def _threads(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
+def _pretrain(name: str, run, make_config, out: Path, overwrite: bool, threads: int, **settings) -> dict:
+    """Check --out, set the threads, train into a temporary directory that becomes `out` only when
+    complete; the card records the command with every option spelled out. Returns the gate metrics."""
+    from craft_ray.outputs import atomic_dir, check_output
+
+    check_output(out, overwrite, kind="dir")
+    _threads(threads)
+    cfg = make_config(**settings)
+    rest = dict(settings)
+    first = {"modality": rest.pop("modality")} if "modality" in rest else {}
+    command = _command_line(name, **first, out=out, **rest, threads=threads)
+    with atomic_dir(out) as tmp:
+        return run(cfg, tmp, command, _log)
+
+
+def _verdict(metrics: dict) -> str:
+    return "[green]passes[/green]" if metrics["passes"] else "[red]FAILS[/red]"
+
+
 @app.command("vlm")
 def pretrain_vlm(
     modality: Annotated[str, typer.Option(help="chest | derm | fundus | histo")],
@@ -47,14 +66,17 @@ def pretrain_vlm(
 ) -> None:
     """A small CLIP model trained on phantoms of one modality: the reward VLM `phantom:<modality>`."""
     from craft_ray.knowledge.labels import dataset_for_modality
-    from craft_ray.outputs import atomic_dir, check_output
     from craft_ray.pretrain.vlm import VLMPretrainConfig
     from craft_ray.pretrain.vlm import pretrain_vlm as run
 
     dataset_for_modality(modality)  # a clear error for an unknown modality, before any work
-    check_output(out, overwrite, kind="dir")
-    _threads(threads)
-    cfg = VLMPretrainConfig(
+    metrics = _pretrain(
+        "vlm",
+        run,
+        VLMPretrainConfig,
+        out,
+        overwrite,
+        threads,
         modality=modality,
         steps=steps,
         n_train=n_train,
@@ -63,21 +85,7 @@ def pretrain_vlm(
         gate_n=gate_n,
         seed=seed,
     )
-    with atomic_dir(out) as tmp:
-        command = _command_line(
-            "vlm",
-            modality=modality,
-            out=out,
-            steps=steps,
-            n_train=n_train,
-            n_negatives=n_negatives,
-            batch_size=batch_size,
-            gate_n=gate_n,
-            seed=seed,
-            threads=threads,
-        )
-        metrics = run(cfg, tmp, command, _log)
-    verdict = "[green]passes[/green]" if metrics["passes"] else "[red]FAILS[/red]"
+    verdict = _verdict(metrics)
     console.print(
         f"phantom:{modality} -> {out}: macro AUROC {metrics['macro_auroc']:.3f}, "
         f"fidelity true > wrong for {metrics['fidelity_win_rate']:.1%} of held-out images; gate {verdict}"
@@ -95,27 +103,22 @@ def pretrain_diffusion(
     overwrite: Annotated[bool, typer.Option(help="replace a non-empty --out")] = False,
 ) -> None:
     """The diffusion base `phantom`: all four modalities, generic (modality-only) captions."""
-    from craft_ray.outputs import atomic_dir, check_output
     from craft_ray.pretrain.diffusion import DiffusionPretrainConfig
     from craft_ray.pretrain.diffusion import pretrain_diffusion as run
 
-    check_output(out, overwrite, kind="dir")
-    _threads(threads)
-    cfg = DiffusionPretrainConfig(
-        n_per_modality=n_per_modality, vae_steps=vae_steps, unet_steps=unet_steps, seed=seed
+    metrics = _pretrain(
+        "diffusion",
+        run,
+        DiffusionPretrainConfig,
+        out,
+        overwrite,
+        threads,
+        n_per_modality=n_per_modality,
+        vae_steps=vae_steps,
+        unet_steps=unet_steps,
+        seed=seed,
     )
-    with atomic_dir(out) as tmp:
-        command = _command_line(
-            "diffusion",
-            out=out,
-            n_per_modality=n_per_modality,
-            vae_steps=vae_steps,
-            unet_steps=unet_steps,
-            seed=seed,
-            threads=threads,
-        )
-        metrics = run(cfg, tmp, command, _log)
-    verdict = "[green]passes[/green]" if metrics["passes"] else "[red]FAILS[/red]"
+    verdict = _verdict(metrics)
     console.print(
         f"phantom diffusion base -> {out}: modality accuracy of samples {metrics['modality_accuracy']:.2f} "
         f"(look at {out / 'samples.png'}); gate {verdict}"
@@ -136,29 +139,24 @@ def pretrain_classifier(
     """The out-of-family evaluator `phantom:<modality>` (`evaluation.classifier: phantom`): a CNN
     trained on phantom ground truth of its own seed, never the reward VLM's data."""
     from craft_ray.knowledge.labels import dataset_for_modality
-    from craft_ray.outputs import atomic_dir, check_output
     from craft_ray.pretrain.classifier import ClassifierPretrainConfig
     from craft_ray.pretrain.classifier import pretrain_classifier as run
 
     dataset_for_modality(modality)
-    check_output(out, overwrite, kind="dir")
-    _threads(threads)
-    cfg = ClassifierPretrainConfig(
-        modality=modality, n_train=n_train, epochs=epochs, gate_n=gate_n, seed=seed
+    metrics = _pretrain(
+        "classifier",
+        run,
+        ClassifierPretrainConfig,
+        out,
+        overwrite,
+        threads,
+        modality=modality,
+        n_train=n_train,
+        epochs=epochs,
+        gate_n=gate_n,
+        seed=seed,
     )
-    with atomic_dir(out) as tmp:
-        command = _command_line(
-            "classifier",
-            modality=modality,
-            out=out,
-            n_train=n_train,
-            epochs=epochs,
-            gate_n=gate_n,
-            seed=seed,
-            threads=threads,
-        )
-        metrics = run(cfg, tmp, command, _log)
-    verdict = "[green]passes[/green]" if metrics["passes"] else "[red]FAILS[/red]"
+    verdict = _verdict(metrics)
     per_label = ", ".join(f"{k} {v:.3f}" for k, v in metrics["auroc"].items())
     console.print(
         f"phantom:{modality} classifier -> {out}: held-out AUROC per label {per_label}; "
