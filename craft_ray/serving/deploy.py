@@ -8,20 +8,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from craft_ray.config import read_yaml_mapping
 from craft_ray.errors import ConfigError
 
 
 def read_serve_config(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"Serve config not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-    if not isinstance(data, dict) or not data.get("applications"):
+    data = read_yaml_mapping(path, "Serve config")
+    if not data.get("applications"):
         raise ConfigError(f"{path}: expected a Serve config with 'applications'")
     return data
 

@@ -16,6 +16,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from craft_ray.config import read_yaml_mapping
 from craft_ray.errors import ConfigError
 from craft_ray.knowledge.labels import DATASETS
 
@@ -249,16 +250,7 @@ def placeholder_error(source: str, found: list[tuple[str, str]]) -> ConfigError:
 
 
 def read_spec_yaml(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: sweep spec not found")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {' '.join(str(exc).split())}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
-    return data
+    return read_yaml_mapping(path, "sweep spec")
 
 
 def validate_spec(data: dict[str, Any], source: str = "<spec>") -> SweepSpec:
