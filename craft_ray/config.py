@@ -219,6 +219,21 @@ class ScalingConfig(_Strict):
     workers: int = Field(1, ge=1)
     gpus_per_worker: float = Field(0, ge=0)
     cpus_per_worker: float = Field(1, gt=0)
+    resources_per_worker: dict[str, float] = Field(
+        default_factory=dict,
+        description="custom Ray resources per worker, e.g. {train_node: 1} keeps the workers on "
+        "cluster.yaml's gpu_train nodes (CPUs and GPUs have their own fields)",
+    )
+
+    @field_validator("resources_per_worker")
+    @classmethod
+    def _custom_only(cls, resources: dict[str, float]) -> dict[str, float]:
+        for name, amount in resources.items():
+            if name.upper() in ("CPU", "GPU"):
+                raise ValueError(f"{name!r}: use cpus_per_worker / gpus_per_worker")
+            if not amount >= 0:  # NaN too
+                raise ValueError(f"{name}: {amount} must be >= 0")
+        return resources
 
     @property
     def use_gpu(self) -> bool:

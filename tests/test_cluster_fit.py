@@ -55,23 +55,24 @@ def check_fits(what: str, bundle: dict[str, float], count: int, node_type: str) 
         )
 
 
-def worker_bundle(cpus: float, gpus: float) -> dict[str, float]:
-    return {"CPU": cpus, "GPU": gpus}
+def worker_bundle(cpus: float, gpus: float, custom: dict[str, float] | None = None) -> dict[str, float]:
+    return {"CPU": cpus, "GPU": gpus, **(custom or {})}
 
 
 def check_experiment(path: Path) -> None:
     cfg = load_config(path)
     s = cfg.scaling
+    where = path.relative_to(ROOT) if path.is_relative_to(ROOT) else path.name
     check_fits(
-        f"{path.relative_to(ROOT)}: scaling",
-        worker_bundle(s.cpus_per_worker, s.gpus_per_worker),
+        f"{where}: scaling",
+        worker_bundle(s.cpus_per_worker, s.gpus_per_worker, s.resources_per_worker),
         s.workers,
         "gpu_train",
     )
     for stage in ("generate", "score", "classify"):  # Ray Data actor pools of craft evaluate
         pool = getattr(cfg.evaluation, stage)
         bundle = worker_bundle(pool.num_cpus, pool.num_gpus or 0)
-        check_fits(f"{path.relative_to(ROOT)}: evaluation.{stage}", bundle, pool.actors or 1, "gpu_train")
+        check_fits(f"{where}: evaluation.{stage}", bundle, pool.actors or 1, "gpu_train")
 
 
 @pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: f"{p.parent.name}/{p.stem}")
@@ -86,7 +87,7 @@ def check_sweep(path: Path) -> None:
     workers = (r.workers or 1) * spec.max_concurrent_trials
     check_fits(
         f"{where}: resources x max_concurrent_trials",
-        worker_bundle(r.cpus_per_worker or 1, r.gpus_per_worker or 0),
+        worker_bundle(r.cpus_per_worker or 1, r.gpus_per_worker or 0, r.resources_per_worker),
         workers,
         "gpu_train",
     )
@@ -163,6 +164,13 @@ def test_a_config_that_outgrows_the_cluster_fails_with_a_clear_message(tmp_path)
         check_fits("big.yaml: scaling", worker_bundle(8, 1), load_config(big).scaling.workers, "gpu_train")
     with pytest.raises(AssertionError, match=r"does not fit one gpu_train node"):
         check_fits("wide", worker_bundle(8, 16), 1, "gpu_train")
+    pinned = tmp_path / "pinned.yaml"  # workers pinned to a custom resource the train nodes lack
+    pinned.write_text(
+        f"extends: [{ROOT / 'experiments' / 'chexpert' / 'craft.yaml'}]\n"
+        "scaling: {resources_per_worker: {serve_node: 1}}\n"
+    )
+    with pytest.raises(AssertionError, match=r"pinned.yaml: scaling: a bundle .*serve_node.* does not fit"):
+        check_experiment(pinned)
     llm = tmp_path / "llm.yaml"
     llm.write_text(
         yaml.safe_dump(

@@ -78,6 +78,8 @@ BASE = {"name": "t", "method": "craft", "dataset": {"name": "chexpert", "uri": "
         ),
         ({"dataset": {"name": "isic", "uri": "x", "resolution": 60}}, "multiple of 8"),
         ({"scaling": {"workers": 0}}, "scaling.workers: Input should be greater than or equal to 1"),
+        ({"scaling": {"resources_per_worker": {"GPU": 1}}}, "'GPU': use cpus_per_worker / gpus_per_worker"),
+        ({"scaling": {"resources_per_worker": {"train_node": -1}}}, "train_node: -1.0 must be >= 0"),
     ],
 )
 def test_config_errors_name_the_field_and_file(tmp_path, patch, message):

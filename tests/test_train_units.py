@@ -288,7 +288,7 @@ def test_metrics_jsonl_is_appended_not_rewritten(tmp_path):
     """Each report appends its own lines (a long run's reports used to rewrite the whole history)."""
     from craft_ray.train.trainer import _make_recorder, read_metrics
 
-    recorder = _make_recorder(str(tmp_path), [], None)
+    recorder = _make_recorder(str(tmp_path), None)
     recorder.after_report(None, [{"step": 2.0, "history": [{"step": 1.0}, {"step": 2.0}]}], None)
     path = tmp_path / "metrics.jsonl"
     path.write_text(path.read_text() + '{"marker": 1}\n')  # a line this recorder did not write

@@ -34,6 +34,7 @@ from craft_ray.train.checkpoint import restore_checkpoint, write_checkpoint
 from craft_ray.train.context import TrainContext, build_evaluator_for, derive_seed
 from craft_ray.train.guards import FrozenFingerprint
 from craft_ray.train.methods import Method, get_method
+from craft_ray.train.records import record_placement
 from craft_ray.train.session import TrainSession, scratch_dir
 
 FATAL_KEY = "fatal_error"
@@ -324,6 +325,7 @@ def train_loop(cfg: ExperimentConfig, session: TrainSession, run_uri: str | None
                 directory, run.method.adapter, run.ctx.unet, run.optimizer, run.lr_scheduler
             )
             run.counters.update(counters)
+    record_placement(session, run_uri, start)
     base_metrics = {"resumed_from": float(start), "world_size": float(session.world_size)}
     if not run.trainable or start >= cfg.training.steps:
         final = {"step": float(start), **run.counters, **base_metrics, "checkpoint": 1.0}

@@ -13,7 +13,6 @@ a `TrainingFailure` whose traceback, with every worker's, is written to `<run>/e
 
 from __future__ import annotations
 
-import json
 import threading
 import traceback
 from collections.abc import Callable
@@ -26,6 +25,7 @@ from craft_ray.config import ExperimentConfig
 from craft_ray.errors import CraftError, TrainingError, TrainingFailure
 from craft_ray.raycluster import ensure_ray
 from craft_ray.train.loop import FATAL_KEY, HISTORY_KEY, train_loop_per_worker
+from craft_ray.train.records import append_jsonl, read_jsonl
 
 METRICS_NAME = "metrics.jsonl"
 FINAL_NAME = "final"
@@ -45,12 +45,7 @@ def _fs(uri: str) -> tuple[pafs.FileSystem, str]:
 
 
 def read_metrics(run_uri: str) -> list[dict[str, Any]]:
-    fs, path = _fs(run_uri)
-    target = f"{path}/{METRICS_NAME}"
-    if fs.get_file_info(target).type == pafs.FileType.NotFound:
-        return []
-    with fs.open_input_stream(target) as handle:
-        return [json.loads(line) for line in handle.read().decode().splitlines() if line.strip()]
+    return read_jsonl(run_uri, METRICS_NAME)
 
 
 def run_exists(run_uri: str) -> bool:
@@ -61,28 +56,16 @@ def run_exists(run_uri: str) -> bool:
     return any(e.base_name.startswith("checkpoint_") or e.base_name == METRICS_NAME for e in entries)
 
 
-def append_metrics(run_uri: str, records: list[dict[str, Any]], history: list[dict[str, Any]]) -> None:
-    """Append `records` to metrics.jsonl: a report costs its own lines, not the whole history.
-    Object stores cannot append; there the file is rewritten from `history` (which ends with them)."""
-    fs, path = _fs(run_uri)
-    fs.create_dir(path, recursive=True)
-    target = f"{path}/{METRICS_NAME}"
-    try:
-        with fs.open_append_stream(target) as handle:
-            handle.write("".join(json.dumps(r) + "\n" for r in records).encode())
-    except NotImplementedError:  # pyarrow's S3 / GCS filesystems
-        with fs.open_output_stream(target) as handle:
-            handle.write("".join(json.dumps(r) + "\n" for r in history).encode())
+def append_metrics(run_uri: str, records: list[dict[str, Any]]) -> None:
+    """Append `records` to metrics.jsonl: a report costs its own lines, not the whole history."""
+    append_jsonl(run_uri, METRICS_NAME, records)
 
 
-def _make_recorder(run_uri: str, history: list[dict[str, Any]], queue):
+def _make_recorder(run_uri: str, queue):
     from ray.train import UserCallback
 
     class MetricsRecorder(UserCallback):
         """Runs in the Train controller: persists every rank-0 report and forwards it for display."""
-
-        def __init__(self) -> None:
-            self.history = list(history)
 
         def after_report(self, run_context, metrics, checkpoint) -> None:
             latest = dict(metrics[0])
@@ -90,8 +73,7 @@ def _make_recorder(run_uri: str, history: list[dict[str, Any]], queue):
             record = records[-1]
             if checkpoint is not None:
                 record["checkpoint_path"] = checkpoint.path
-            self.history.extend(records)
-            append_metrics(run_uri, records, self.history)
+            append_metrics(run_uri, records)
             if queue is not None:
                 queue.put_nowait(record)
 
@@ -209,7 +191,6 @@ def run_training(
     if resume and not exists:
         raise TrainingError(f"nothing to resume: no run '{cfg.run_name}' in {storage}")
     preflight(cfg)
-    history = read_metrics(run_uri) if resume else []
 
     joined = ensure_ray(address)
     if say is not None:
@@ -220,6 +201,7 @@ def run_training(
     resources = {
         "CPU": scaling.cpus_per_worker,
         **({"GPU": scaling.gpus_per_worker} if scaling.use_gpu else {}),
+        **scaling.resources_per_worker,
     }
     trainer = TorchTrainer(
         train_loop_per_worker,
@@ -232,7 +214,7 @@ def run_training(
             storage_path=storage,
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.training.keep_checkpoints),
             failure_config=FailureConfig(max_failures=cfg.training.max_failures),
-            callbacks=[_make_recorder(run_uri, history, queue)],
+            callbacks=[_make_recorder(run_uri, queue)],
         ),
     )
     outcome: dict[str, Any] = {}

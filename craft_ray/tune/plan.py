@@ -41,6 +41,7 @@ def fixed_overrides(spec: SweepSpec, dataset: str, method: str) -> dict[str, Any
         "scaling.workers": res.workers,
         "scaling.gpus_per_worker": res.gpus_per_worker,
         "scaling.cpus_per_worker": res.cpus_per_worker,
+        "scaling.resources_per_worker": res.resources_per_worker,
     }
     return {
         **spec.overrides,

@@ -138,6 +138,10 @@ class ResourcesConfig(_Strict):
     workers: int | None = Field(None, ge=1, description="Ray Train workers per trial (scaling.workers)")
     gpus_per_worker: float | None = Field(None, ge=0)
     cpus_per_worker: float | None = Field(None, gt=0)
+    resources_per_worker: dict[str, float] | None = Field(
+        None,
+        description="custom Ray resources per worker (scaling.resources_per_worker), e.g. {train_node: 1}",
+    )
     trial_cpus: float = Field(
         0.25, gt=0, description="CPUs held by each trial's driver (it only waits on its training run)"
     )
