@@ -19,8 +19,8 @@ def test_demo_experiments_use_the_shipped_models_and_the_demo_paths(tmp_path):
     assert {e.method for e in experiments} == {"craft", "lora_sft", "pretrained"}
     for exp in experiments:
         cfg: ExperimentConfig = exp.cfg
-        # the phantom diffusion base is not shipped yet: the demo starts from the in-code preset
-        assert cfg.model.base == "tiny" and cfg.model.vlm == "phantom:chest"
+        # every method starts from the shipped phantom diffusion base
+        assert cfg.model.base == "phantom" and cfg.model.vlm == "phantom:chest"
         assert cfg.evaluation.classifier == "phantom:chest"
         assert cfg.seed == 7 and cfg.evaluation.seed == 7
         assert cfg.dataset.uri == str(tmp_path / "data" / "chexpert")
