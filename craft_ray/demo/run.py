@@ -24,7 +24,7 @@ from craft_ray.data import read_manifest
 from craft_ray.data.phantoms import make_phantom_dataset
 from craft_ray.data.schema import MANIFEST_NAME, Manifest
 from craft_ray.demo.experiments import DEMO_EXPERIMENTS, DemoExperiment, DemoLayout, load_experiments
-from craft_ray.demo.summary import aggregate, method_row, wins
+from craft_ray.demo.summary import aggregate, method_row, strict_json, wins
 from craft_ray.evaluation import EvalRequest, Reporter, RunResult, evaluate, open_run
 from craft_ray.evaluation.references import evaluation_spec
 from craft_ray.knowledge.labels import get_dataset
@@ -149,7 +149,12 @@ def run_seed(opts: DemoOptions, seed: int, reporter: Reporter) -> SeedResult:
     rows = {exp.method: method_row(result.metrics) for exp, result in zip(experiments, results, strict=True)}
     summary = write_text_atomic(
         layout.summary(seed),
-        json.dumps({"seed": seed, "rows": rows, "runs": [str(d) for d in run_dirs]}, indent=1) + "\n",
+        json.dumps(
+            strict_json({"seed": seed, "rows": rows, "runs": [str(d) for d in run_dirs]}),
+            indent=1,
+            allow_nan=False,
+        )
+        + "\n",
     )
     return SeedResult(seed, rows, results, report, summary)
 
@@ -183,5 +188,7 @@ def run_demo(
         "experiments": str(opts.experiments),
         "overrides": opts.overrides,
     }
-    write_text_atomic(opts.out / "summary.json", json.dumps(summary, indent=1) + "\n")
+    write_text_atomic(
+        opts.out / "summary.json", json.dumps(strict_json(summary), indent=1, allow_nan=False) + "\n"
+    )
     return results, summary

@@ -38,6 +38,17 @@ def method_row(metrics: dict[str, Any]) -> dict[str, float]:
     return {k: float(v) for k, v in row.items()}
 
 
+def strict_json(value: Any) -> Any:
+    """`value` with every NaN / infinity replaced by None, so the JSON written is strict (null)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: strict_json(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [strict_json(v) for v in value]
+    return value
+
+
 def aggregate(per_seed: dict[int, dict[str, dict[str, float]]]) -> dict[str, dict[str, dict[str, float]]]:
     """{seed: {method: row}} -> {method: {column: {mean, sd, n, values}}} (sd: sample sd, ddof 1)."""
     methods: dict[str, dict[str, list[float]]] = {}
