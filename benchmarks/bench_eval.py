@@ -118,7 +118,11 @@ def main() -> None:
         cfg, source, sampler, plan, calibration, classifier = setup(args, Path(tmp))
         cfg.evaluation.generate = StageResources(num_cpus=args.gen_threads)
         ray.init(
-            num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, configure_logging=False
+            address="local",
+            num_cpus=os.cpu_count(),
+            include_dashboard=False,
+            log_to_driver=False,
+            configure_logging=False,
         )
         times: dict[str, list[float]] = {"plain loop": [], "Ray Data": []}
         n = len(plan.rows)

@@ -99,7 +99,7 @@ def main() -> None:
     import ray
     from ray import serve
 
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
     payloads = images(16, args.size)
     levels = [int(c) for c in args.concurrency.split(",")]
     results: dict[tuple[int, int], tuple[float, float, float]] = {}

@@ -276,7 +276,7 @@ def overhead(args: argparse.Namespace, data: str) -> None:
     from craft_ray.train.trainer import run_training
 
     steps, T = args.steps + 6, 10
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     rows = []
     for threads in (1, 2):
         plain = run_probe(data, "tiny", steps, T, 1, True, threads=threads)

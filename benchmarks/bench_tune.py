@@ -95,7 +95,13 @@ def main() -> None:
         work = Path(tmp)
         data = work / "chest"
         make_phantom_dataset("chest", 60, data, size=32, seed=0)
-        ray.init(num_cpus=args.cpus, include_dashboard=False, configure_logging=False, log_to_driver=False)
+        ray.init(
+            address="local",
+            num_cpus=args.cpus,
+            include_dashboard=False,
+            configure_logging=False,
+            log_to_driver=False,
+        )
         try:
             rows = [run(work, data, args, concurrent) for concurrent in (1, 2)]
         finally:

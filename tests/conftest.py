@@ -80,7 +80,10 @@ def ray_local():
     import ray
 
     if not ray.is_initialized():
-        ray.init(num_cpus=4, include_dashboard=False, log_to_driver=True, configure_logging=False)
+        # address="local": a new cluster even where `ray start` made another the machine's default
+        ray.init(
+            address="local", num_cpus=4, include_dashboard=False, log_to_driver=True, configure_logging=False
+        )
     # `craft` subprocesses of the tests join this cluster the way users' commands join theirs
     previous = os.environ.get("RAY_ADDRESS")
     os.environ["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address

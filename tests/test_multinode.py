@@ -10,10 +10,12 @@ from __future__ import annotations
 import os
 import re
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -57,6 +59,9 @@ def local_cluster(tmp_path):
     # its own token (RAY_AUTH_TOKEN, which Ray reads before the file)
     env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
     env.pop("RAY_ADDRESS", None)
+    # its own Ray temp root (short: Ray's socket paths have a length limit), so `ray start --head`
+    # does not make this cluster the machine's default (/tmp/ray/ray_current_cluster) for later tests
+    env["RAY_TMPDIR"] = tempfile.mkdtemp(prefix="rmn", dir="/tmp")
     common = ["--disable-usage-stats", "--include-dashboard", "false"]
     subprocess.run(
         [RAY, "start", "--head", "--port", str(port), "--num-cpus", "2", *common], env=env, check=True
@@ -75,6 +80,7 @@ def local_cluster(tmp_path):
         for proc in procs:
             proc.kill()
         psutil.wait_procs(procs, timeout=30)
+        shutil.rmtree(env["RAY_TMPDIR"], ignore_errors=True)
 
 
 def raylet_of(worker_pid: int) -> tuple[psutil.Process, str, str]:
