@@ -27,6 +27,7 @@ from pydantic import (
 
 from craft_ray.errors import ConfigError
 from craft_ray.knowledge.labels import DATASETS, get_dataset
+from craft_ray.model_names import family_of
 
 METHODS = ("craft", "lora_sft", "full_sft", "ddpo", "pretrained")
 CAS_DIMENSIONS = ("pathology", "checklist", "anatomy", "realism")
@@ -43,6 +44,12 @@ class DatasetConfig(_Strict):
     resolution: int = Field(64, ge=16, le=2048, description="image side in pixels (square)")
     train_split: str = "train"
     val_split: str = "val"
+    max_positives: int | None = Field(
+        None,
+        ge=1,
+        description="the low-data regime: fine-tune on a seeded subset of the training split with at most this "
+        "many images per label (every label of an image counts); the reward models keep their own data",
+    )
 
     @field_validator("labels")
     @classmethod
@@ -86,6 +93,11 @@ class ModelConfig(_Strict):
     lora_rank: int = Field(4, ge=1, le=512)
     lora_alpha: float | None = Field(None, gt=0, description="default: equal to lora_rank")
     lora_targets: list[str] = Field(default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"])
+    init_lora: str | None = Field(
+        None,
+        description="start the LoRA from a run directory (its final/), a checkpoint or a LoRA directory "
+        "of the same shape: a shared warm start (e.g. a LoRA-SFT run) for CRAFT and continued SFT",
+    )
 
     @property
     def effective_lora_alpha(self) -> float:
@@ -108,7 +120,32 @@ class CASWeights(_Strict):
         return {name: float(getattr(self, name)) for name in CAS_DIMENSIONS}
 
 
+class AugmentConfig(_Strict):
+    """The reward averaged over random augmentations that keep the clinical content (no flips:
+    laterality matters), so its gradient follows what survives them rather than single pixels."""
+
+    copies: int = Field(
+        0, ge=0, le=16, description="augmented copies per image; 0 = off (the image as it is)"
+    )
+    shift: float = Field(0.03, ge=0, le=0.25, description="max translation, share of the image side")
+    rotate: float = Field(3.0, ge=0, le=30, description="max rotation in degrees")
+    noise: float = Field(0.02, ge=0, le=0.5, description="std of added Gaussian pixel noise")
+    blur: float = Field(0.5, ge=0, le=3, description="max Gaussian blur sigma in pixels (drawn uniformly)")
+
+
 class RewardConfig(_Strict):
+    model: str = Field(
+        "cas",
+        pattern=r"^(cas|classifier:.+)$",
+        description="cas = the differentiable CAS of model.vlm; classifier:<dir | phantom-reward> = an image "
+        "classifier's label likelihood (the positive control: it must move the out-of-family classifier)",
+    )
+    pathology: Literal["probability", "log_likelihood"] = Field(
+        "probability",
+        description="the reward's pathology term: probability = CAS's mean P(correct state) over the label "
+        "space; log_likelihood = the mean log P(correct state) (sharper gradients near 0 and 1)",
+    )
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
     weights: CASWeights = Field(default_factory=CASWeights)
     use_checklists: bool = Field(True, description="ablation switch: False drops checklist and anatomy dims")
     calibration: str | None = Field(
@@ -121,6 +158,11 @@ class RewardConfig(_Strict):
         description="overlay checklist YAML files (e.g. MLLM-written) layered on the static base, "
         "as `craft cas --checklists`",
     )
+
+    @property
+    def classifier(self) -> str | None:
+        """The classifier of `reward.model: classifier:<spec>`, else None."""
+        return self.model.partition(":")[2] if self.model.startswith("classifier:") else None
 
     def effective_weights(self) -> dict[str, float]:
         weights = self.weights.as_dict()
@@ -171,6 +213,30 @@ class TrainingConfig(_Strict):
     denoise_weight: float = Field(
         0.0, ge=0, description="lambda: weight of the denoising loss on real images"
     )
+    gradient_path: Literal["last_k", "sparse", "refl", "lv"] = Field(
+        "last_k",
+        description="CRAFT's sampler steps on the graph: last_k = the last K (DRaFT-K, AlignProp with "
+        "random_truncation; K = T: the whole chain); sparse = sparse_steps steps over the whole trajectory "
+        "with the UNet input detached (DRTune); refl = the reward on one step's predicted x0 (ReFL); "
+        "lv = the last step re-noised lv_samples times (DRaFT-LV)",
+    )
+    sparse_steps: int = Field(3, ge=1, description="gradient_path=sparse: UNet steps with gradient")
+    refl_range: tuple[int, int] | None = Field(
+        None, description="gradient_path=refl: [min, max] steps before the end (default [1, T/2])"
+    )
+    lv_samples: int = Field(2, ge=1, description="gradient_path=lv: re-noised copies per image")
+    reward_balance: Literal["raw", "ratio"] = Field(
+        "raw",
+        description="raw = reward_scale x reward gradient + lambda x denoising gradient; ratio = the reward "
+        "gradient rescaled to reward_ratio x a running average of the (lambda-weighted) denoising gradient's norm",
+    )
+    reward_scale: float = Field(1.0, gt=0, description="reward_balance=raw: the reward's weight")
+    reward_ratio: float = Field(
+        1.0, gt=0, description="reward_balance=ratio: reward / denoising gradient norm, held every update"
+    )
+    balance_momentum: float = Field(
+        0.9, ge=0, lt=1, description="reward_balance=ratio: momentum of the denoising norm's running average"
+    )
     gradient_checkpointing: bool = True
     mixed_precision: Literal["auto", "no", "bf16"] = Field(
         "auto", description="auto = bf16 autocast on GPU, fp32 on CPU; bf16 = bf16 autocast on CPU too"
@@ -196,9 +262,21 @@ class TrainingConfig(_Strict):
 
     @model_validator(mode="after")
     def _check(self) -> TrainingConfig:
-        if self.backprop_steps > self.sampler_steps:
+        t = self.sampler_steps
+        if self.backprop_steps > t:
             raise ValueError(
-                f"backprop_steps (K={self.backprop_steps}) must not exceed sampler_steps (T={self.sampler_steps})"
+                f"backprop_steps (K={self.backprop_steps}) must not exceed sampler_steps (T={t})"
+            )
+        if self.gradient_path == "sparse" and self.sparse_steps > t:
+            raise ValueError(f"sparse_steps ({self.sparse_steps}) must not exceed sampler_steps (T={t})")
+        if (
+            self.refl_range is not None and not 1 <= self.refl_range[0] <= self.refl_range[1] <= t
+        ):  # any path: a typo shows
+            raise ValueError(f"refl_range {list(self.refl_range)} must satisfy 1 <= min <= max <= T={t}")
+        if self.reward_balance == "ratio" and self.denoise_weight <= 0:
+            raise ValueError(
+                "reward_balance=ratio holds the reward gradient at reward_ratio x the denoising gradient: "
+                "it needs denoise_weight > 0"
             )
         return self
 
@@ -280,6 +358,12 @@ class StageResources(_Strict):
 class EvaluationConfig(_Strict):
     """`craft evaluate`: how generated images are drawn, scored and compared with real ones."""
 
+    vlm: str | None = Field(
+        None,
+        description="the evaluation's CLIP-family scorer, separate from the reward's model.vlm: 'phantom-eval' "
+        "(shipped, the dataset's modality) | preset | path | hub id; default: model.vlm, and every CAS it "
+        "computes is then marked in-reward (the model the run optimised scores it)",
+    )
     n_per_label: int = Field(32, ge=1, description="generated images per label")
     split: str = Field(
         "test", min_length=1, description="real split: label distribution and downstream test set"
@@ -332,13 +416,17 @@ class EvaluationConfig(_Strict):
 
 
 def _phantom_of_modality(value: Any, modality: str, field: str, dataset: str) -> Any:
-    """'phantom' -> 'phantom:<modality>'; a phantom name of another modality is an error."""
-    if value == "phantom":
-        return f"phantom:{modality}"
-    if isinstance(value, str) and value.startswith("phantom:") and value != f"phantom:{modality}":
+    """'phantom' -> 'phantom:<modality>' (likewise 'phantom-eval'); a shipped name of another
+    modality is an error."""
+    family = family_of(value) if isinstance(value, str) else None
+    if family is None:
+        return value
+    if value == family:
+        return f"{family}:{modality}"
+    if value != f"{family}:{modality}":
         raise ValueError(
             f"{field} {value!r} is not of dataset {dataset!r}'s modality {modality!r} "
-            f"(use 'phantom' or 'phantom:{modality}')"
+            f"(use '{family}' or '{family}:{modality}')"
         )
     return value
 
@@ -367,11 +455,17 @@ class ExperimentConfig(_Strict):
         if not (isinstance(dataset, dict) and dataset.get("name") in DATASETS):
             return data
         modality = DATASETS[dataset["name"]].modality
-        for section, key in (("model", "vlm"), ("evaluation", "classifier")):
+        for section, key in (("model", "vlm"), ("evaluation", "vlm"), ("evaluation", "classifier")):
             part = data.get(section)
             if isinstance(part, dict) and key in part:
                 value = _phantom_of_modality(part[key], modality, f"{section}.{key}", dataset["name"])
                 data = {**data, section: {**part, key: value}}
+        reward = data.get("reward")
+        if isinstance(reward, dict) and isinstance(reward.get("model"), str):
+            kind, _, name = reward["model"].partition(":")
+            if kind == "classifier" and name:
+                name = _phantom_of_modality(name, modality, "reward.model", dataset["name"])
+                data = {**data, "reward": {**reward, "model": f"classifier:{name}"}}
         return data
 
     @model_validator(mode="after")
@@ -388,6 +482,16 @@ class ExperimentConfig(_Strict):
         if self.debug.fail_at_step is not None and self.debug.fail_rank >= self.scaling.workers:
             raise ValueError(
                 f"debug.fail_rank={self.debug.fail_rank} but scaling.workers={self.scaling.workers}"
+            )
+        if self.reward.model != "cas" and self.method != "craft":
+            raise ValueError(
+                f"reward.model={self.reward.model!r} is a differentiable reward for method craft, "
+                f"not {self.method!r} (leave reward.model: cas)"
+            )
+        if self.reward.classifier is not None and self.reward.classifier == self.evaluation.classifier:
+            raise ValueError(
+                f"reward.model and evaluation.classifier are the same classifier ({self.evaluation.classifier}): "
+                "the out-of-family evaluator must not be the reward"
             )
         raises = self.debug.raise_in_plan_steps or self.debug.raise_in_loss_steps
         if raises and self.debug.raise_rank >= self.scaling.workers:
@@ -416,7 +520,7 @@ class ExperimentConfig(_Strict):
             return path if path is None or "://" in path else str(Path(path).expanduser().resolve())
 
         def local_model(spec: str | None) -> str | None:
-            shipped = spec is not None and (spec == "phantom" or spec.startswith("phantom:"))
+            shipped = family_of(spec) is not None
             return (
                 absolute(spec) if spec is not None and not shipped and Path(spec).exists() else spec
             )  # presets, shipped phantom models and hub ids stay
@@ -425,11 +529,15 @@ class ExperimentConfig(_Strict):
         for key in ("base", "vlm", "mllm"):
             data["model"][key] = local_model(data["model"][key])
         data["dataset"]["uri"] = absolute(self.dataset.uri)
+        data["model"]["init_lora"] = absolute(self.model.init_lora)
         data["prompts"]["enrichment_cache"] = absolute(self.prompts.enrichment_cache)
         data["prompts"]["enrichment_file"] = absolute(self.prompts.enrichment_file)
         data["reward"]["calibration"] = absolute(self.reward.calibration)
         data["evaluation"]["calibration"] = absolute(self.evaluation.calibration)
         data["evaluation"]["classifier"] = local_model(self.evaluation.classifier)
+        data["evaluation"]["vlm"] = local_model(self.evaluation.vlm)
+        if self.reward.classifier is not None:
+            data["reward"]["model"] = f"classifier:{local_model(self.reward.classifier)}"
         data["reward"]["checklists"] = [absolute(path) for path in self.reward.checklists]
         data["storage"]["path"] = self.storage_uri()
         return ExperimentConfig.model_validate(data)

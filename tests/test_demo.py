@@ -8,7 +8,7 @@ import pytest
 
 from craft_ray.config import ExperimentConfig
 from craft_ray.demo import DEMO_EXPERIMENTS, DemoLayout, load_experiments
-from craft_ray.demo.summary import aggregate, method_row, table_rows, wins
+from craft_ray.demo.summary import aggregate, method_row, seed_differences, table_rows, verdict_counts
 from craft_ray.errors import ConfigError
 
 
@@ -25,7 +25,9 @@ def test_demo_experiments_use_the_shipped_models_and_the_demo_paths(tmp_path):
         assert cfg.seed == 7 and cfg.evaluation.seed == 7
         assert cfg.dataset.uri == str(tmp_path / "data" / "chexpert")
         assert cfg.storage.path == str(tmp_path / "seed-7" / "runs")
-        assert cfg.reward.calibration == cfg.evaluation.calibration == str(tmp_path / "cas" / "chexpert.json")
+        # the reward's calibration (its VLM's realism reference) and the evaluation's are separate files
+        assert cfg.reward.calibration == str(tmp_path / "cas" / "chexpert-reward.json")
+        assert cfg.evaluation.calibration == str(tmp_path / "cas" / "chexpert-evaluation.json")
         assert cfg.scaling.workers == (1 if exp.method == "pretrained" else 2)
     by_method = {e.method: e.cfg for e in experiments}
     # the baselines are compared on equal terms: same LoRA, steps, batch and learning rate
@@ -74,13 +76,35 @@ def test_headline_rows_aggregate_over_seeds_with_sample_sd():
     cas = summary["craft"]["cas"]
     assert cas["mean"] == pytest.approx(0.65) and cas["sd"] == pytest.approx(math.sqrt(0.005))  # ddof 1
     assert summary["lora_sft"]["tail_share"]["sd"] == pytest.approx(0.0)
-    counts = wins(per_seed, "craft", "lora_sft")
-    # higher is better for CAS and the classifier, lower for the tail share
-    assert counts["cas"] == "2/2" and counts["tail_share"] == "1/2" and counts["oof_auroc"] == "1/2"
     heading, rows = table_rows(summary, ["craft", "lora_sft"])
     assert heading[0] == "method" and rows[0][0] == "craft"
     assert rows[0][heading.index("CAS")] == "0.650 ± 0.071"
     assert rows[0][heading.index("tail share")] == "20.0 ± 14.1 %"
+
+
+def test_a_win_is_a_ci_that_excludes_zero_not_a_positive_sign():
+    """Seed verdicts come from the paired comparisons in metrics.json; a seed counts as a win only
+    when its CI excludes zero in the better direction (lower for the tail share)."""
+
+    def comparison(auroc_ci, tail_ci):
+        rows = {
+            "oof_auroc:macro": {"difference": sum(auroc_ci) / 2, "ci": auroc_ci, "verdict": ""},
+            "tail:overall": {"difference": sum(tail_ci) / 2, "ci": tail_ci, "verdict": ""},
+        }
+        from craft_ray.evaluation.paired import verdict
+
+        rows["oof_auroc:macro"]["verdict"] = verdict(auroc_ci, 1)
+        rows["tail:overall"]["verdict"] = verdict(tail_ci, -1)
+        return {"baselines": {"lora@final": {"differences": {"metrics": rows}}}}
+
+    seeds = {
+        0: seed_differences(comparison([0.02, 0.10], [-0.2, -0.05])),  # both wins
+        1: seed_differences(comparison([-0.01, 0.08], [-0.1, 0.02])),  # positive, but not a win
+        2: seed_differences(comparison([-0.09, -0.01], [0.01, 0.05])),  # both losses
+    }
+    counts = verdict_counts(seeds, "lora@final")
+    assert counts["oof_auroc:macro"] == "wins 1/3, losses 1/3"
+    assert counts["tail:overall"] == "wins 1/3, losses 1/3"
 
 
 @pytest.mark.slow
@@ -127,8 +151,14 @@ def test_demo_end_to_end_then_continues(ray_local, tmp_path):
     for row in rows.values():  # every headline number measured (the classifier's AUROC may be NaN
         for key in ("cas", "tail_share", "oof_accuracy"):  # with 2 images per label)
             assert 0.0 <= row[key] <= 1.0, (key, row)
+    # the paired differences of craft against each baseline, per seed and pooled
+    for base in ("lora_sft", "pretrained"):
+        assert set(summary["differences"]["0"][base]) >= {"cas", "tail:overall"}
+        assert summary["pooled"][base]["cas"]["verdict"] in ("win", "loss", "no difference")
+    assert "paired difference" in result.stdout
     report = out / "seed-0" / "report"
     assert (report / "report.md").is_file() and list(report.glob("figures/*.png"))
+    assert "## Out-of-family evaluator (ground truth)" in (report / "report.md").read_text()
 
     messages: list[str] = []
 

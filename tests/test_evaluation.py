@@ -164,6 +164,14 @@ def test_evaluate_writes_scores_images_and_metrics_then_reuses_them(runs, evalua
     assert metrics["tail"]["overall"]["n"] == 12 and metrics["audit"]["path"] == "vlm-surrogate"
     comparison = metrics["baselines"][base.source.name]
     assert comparison["paired"] is True and set(comparison["tail"]) == {*LABELS, "overall"}
+    # paired differences with CIs: CAS, tail (thresholds redrawn from the real calibration images), OOF
+    differences = comparison["differences"]
+    assert differences["paired"] is True and differences["threshold_noise"] is True
+    assert {"cas", "tail:overall", "oof_auroc:macro", "oof_accuracy"} <= set(differences["metrics"])
+    assert all(len(r["ci"]) == 2 for r in differences["metrics"].values())
+    assert "threshold noise included" in metrics["tail"]["overall"]["ci_method"]
+    # lora_sft optimised no reward: its CAS is not in-reward, whatever VLM scored it
+    assert metrics["in_reward"]["cas"] is False and metrics["in_reward"]["reward_models"] == {}
     assert (eval_dir / "memorisation_pairs.png").stat().st_size > 1000
     # the baseline was evaluated on the same label sets and seeds
     base_scores = pq.read_table(runs["baseline"] / "eval" / "scores.parquet")
@@ -294,6 +302,8 @@ def test_report_renders_every_table_and_figure(runs, evaluated, tmp_path):
     text = path.read_text()
     for heading in (
         "## Runs",
+        "## Out-of-family evaluator (ground truth)",
+        "paired differences (run - strongest baseline",
         "## Clinical Alignment Score",
         "## Low-alignment tail",
         "## Downstream classification",

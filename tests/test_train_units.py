@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 from diffusers import DDIMScheduler
@@ -365,7 +366,8 @@ class _ToyResult:
 
 
 class RedBrightness:
-    """A toy reward a model can learn quickly: the mean of the red channel, in [0, 1]."""
+    """A toy reward a model can learn quickly: the mean of the first channel, in [0, 1] (for the
+    greyscale chest data the reward sees luma: the brightness of the image as evaluation stores it)."""
 
     def score(self, images, label_sets, evaluate=False):
         return _ToyResult(images[:, 0].mean(dim=(1, 2)))
@@ -397,20 +399,38 @@ def test_reward_methods_raise_a_toy_reward(phantom_root, tmp_path, monkeypatch, 
     rewards = [m["reward"] for m in session.metrics]
     assert sum(rewards[-5:]) / 5 > sum(rewards[:5]) / 5 + gain
 
+    import random
+
+    from craft_ray.knowledge.labels import get_dataset
+    from craft_ray.knowledge.prompts import build_prompt, enricher_for
+
+    spec = get_dataset("chexpert")
+    enricher = enricher_for(spec, validate_config(data).prompts)
+    label_sets = [["Cardiomegaly"], ["No Finding"], ["Pleural Effusion"], ["Lung Opacity", "Support Devices"]]
+    # prompts as the run trained with them (template + enrichment): the tiny text encoder's LoRA is prompt-specific
+    prompts = [build_prompt(spec, ls, enricher, random.Random(i)) for i, ls in enumerate(label_sets * 4)]
+
     def red(lora=None) -> float:
+        """Brightness of the pipeline's images as evaluation stores chest images: PIL's greyscale."""
+        from PIL import Image
+
         pipe = build_diffusion("tiny").pipeline()
         if lora is not None:
             load_lora_into(pipe, lora)
         pipe.set_progress_bar_config(disable=True)
         images = pipe(
-            ["a frontal chest radiograph showing cardiomegaly"] * 16,
+            prompts,
             num_inference_steps=3,
             height=16,
             width=16,
+            guidance_scale=data["training"]["guidance_scale"],
             eta=1.0 if method == "ddpo" else 0.0,  # as each method samples
-            output_type="pt",
+            output_type="np",
             generator=torch.Generator().manual_seed(123),
         ).images
-        return float(images[:, 0].mean())
+        grey = [
+            np.asarray(Image.fromarray((im * 255).round().astype(np.uint8)).convert("L")) for im in images
+        ]
+        return float(np.mean(grey)) / 255.0
 
     assert red(tmp_path / "checkpoint_000020" / "lora") > red() + 0.02

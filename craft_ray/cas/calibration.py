@@ -23,7 +23,8 @@ from craft_ray.data.reading import ImageParquetDataset, collate_examples
 from craft_ray.errors import ConfigError, DataError
 from craft_ray.outputs import write_text_atomic
 
-CALIBRATION_VERSION = 1
+CALIBRATION_VERSION = 2  # 2: the real images' scores are kept (`real`), for threshold-noise intervals
+READABLE_VERSIONS = (1, 2)
 QUANTILES = (0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99)
 MIN_IMAGES_PER_LABEL = 20  # below this, a label's low quantile is little more than its minimum
 ProgressFn = Callable[..., None]  # (done, total[, what is being counted])
@@ -40,6 +41,9 @@ class Calibration:
     distribution: dict[str, Any]  # overall and per-label summaries of real-image CAS
     reference: RealismReference
     skipped: int = 0  # images without any label of the evaluator's label space
+    # the real images' CAS and label sets ({"cas": [...], "labels": [[...], ...]}): the data the
+    # thresholds are quantiles of, so intervals can redraw them (None in version-1 files)
+    real: dict[str, list] | None = None
     version: int = CALIBRATION_VERSION
 
     def save(self, path: str | Path) -> None:
@@ -64,9 +68,9 @@ class Calibration:
                     f"{path} is not a craft-ray calibration file{what}: pass the JSON that "
                     "`craft cas calibrate --out` wrote"
                 )
-            if data.get("version") != CALIBRATION_VERSION:
+            if data.get("version") not in READABLE_VERSIONS:
                 raise ConfigError(
-                    f"{path}: calibration version {data.get('version')}, expected {CALIBRATION_VERSION}"
+                    f"{path}: calibration version {data.get('version')}, expected one of {READABLE_VERSIONS}"
                 )
             return cls.from_dict(data)
         except (json.JSONDecodeError, UnicodeDecodeError, TypeError, KeyError) as exc:
@@ -197,6 +201,7 @@ def calibrate(
         distribution={"overall": _summary(scores_arr), "per_label": per_label},
         reference=evaluator.reference,
         skipped=len(skipped),
+        real={"cas": [float(x) for x in scores_arr], "labels": [list(ls) for ls in label_sets]},
     )
 
 

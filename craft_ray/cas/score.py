@@ -22,8 +22,8 @@ from craft_ray.config import ExperimentConfig
 from craft_ray.errors import ScoringError
 from craft_ray.knowledge.checklists import ClinicalKnowledge, load_knowledge
 from craft_ray.knowledge.labels import get_dataset
+from craft_ray.model_names import with_modality
 from craft_ray.models.mllm import build_mllm
-from craft_ray.models.phantom import PHANTOM, phantom_vlm_name
 from craft_ray.models.vlm import VLMScorer, build_vlm
 
 DIMENSIONS = ("pathology", "checklist", "anatomy", "realism")
@@ -34,6 +34,9 @@ class CASResult:
     dims: dict[str, torch.Tensor]  # dimension -> (B,) scores in [0, 1]; zero-weight dims are left out
     total: torch.Tensor  # (B,) weighted CAS
     weights: dict[str, float]
+    image_emb: torch.Tensor | None = (
+        None  # (B, D) the VLM's normalised image embeddings (reward path: with grad)
+    )
 
     def rows(self) -> list[dict[str, float]]:
         """Per-image plain floats: {'cas': ..., 'pathology': ..., ...}."""
@@ -55,8 +58,8 @@ class EvaluatorSpec:
     checklists: list[str] = field(default_factory=list)  # overlay checklist files
 
     def __post_init__(self) -> None:
-        if self.vlm == PHANTOM:  # the shipped VLM of the dataset's modality
-            self.vlm = phantom_vlm_name(get_dataset(self.dataset).modality)
+        # 'phantom' / 'phantom-eval': the shipped VLM of the dataset's modality
+        self.vlm = with_modality(self.vlm, get_dataset(self.dataset).modality)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -149,7 +152,7 @@ class CASEvaluator:
             batch = Batch(images, label_sets, self.vlm.embed_images(images), evaluate)
             dims = {name: dim(batch) for name, dim in self.dimensions.items() if self.weights[name] > 0}
             total = sum(self.weights[n] * d for n, d in dims.items()) / sum(self.weights[n] for n in dims)
-        return CASResult(dims, total, self.weights)
+        return CASResult(dims, total, self.weights, batch.image_emb)
 
     def to(self, device: torch.device | str) -> CASEvaluator:
         self.vlm.to(device)

@@ -21,6 +21,7 @@ from craft_ray.cli import (
     evaluate,
     generate,
     pretrain,
+    probe,
     prompts,
     query,
     report,
@@ -55,6 +56,7 @@ def _root(
 
 app.add_typer(data.app, name="data")
 app.add_typer(config.app, name="config")
+cas.app.command("probe")(probe.cas_probe)
 app.add_typer(cas.app, name="cas")
 app.add_typer(study.app, name="study")
 app.add_typer(checklists.app, name="checklists")

@@ -49,9 +49,50 @@ def print_summary(summary: dict, title: str) -> None:
     for row in rows:
         table.add_row(*[escape(c) for c in row])
     console.print(table)
-    for base, counts in summary["wins"].items():
-        shown = ", ".join(f"{k} {v}" for k, v in counts.items())
-        console.print(f"{methods[0]} better than {base} in (seeds): {shown}")
+    in_reward = [m for m, flag in summary.get("in_reward", {}).items() if flag]
+    if in_reward:
+        console.print(
+            f"[yellow]CAS of {', '.join(in_reward)} is in-reward: computed by the model it was trained to "
+            "maximise (set evaluation.vlm to an independent evaluator)",
+            highlight=False,
+        )
+    print_differences(summary, methods[0])
+
+
+def print_differences(summary: dict, main: str) -> None:
+    """main - each baseline, paired (same label sets and noise), per seed and pooled over the seeds:
+    difference [95% CI] and the verdict (win / loss / no difference)."""
+    from craft_ray.demo.summary import DIFFERENCES
+
+    seeds = list(summary["differences"])
+    for base, pooled in summary.get("pooled", {}).items():
+        table = RichTable(
+            title=escape(f"{main} - {base}: paired difference [95% CI] (verdict)"), title_justify="left"
+        )
+        table.add_column("statistic")
+        for seed in seeds:
+            table.add_column(f"seed {seed}", justify="right")
+        if len(seeds) > 1:
+            table.add_column("pooled", justify="right")
+        for key, title, _, scale in DIFFERENCES:
+            cells = []
+            for seed in seeds:
+                row = summary["differences"][seed].get(base, {}).get(key)
+                cells.append(_difference_cell(row, scale))
+            if len(seeds) > 1:
+                cells.append(_difference_cell(pooled.get(key), scale))
+            table.add_row(escape(title), *[escape(c) for c in cells])
+        console.print(table)
+        shown = "; ".join(f"{k}: {v}" for k, v in summary["verdicts"].get(base, {}).items())
+        console.print(f"seeds where the CI excludes zero: {shown}", highlight=False, soft_wrap=True)
+
+
+def _difference_cell(row: dict | None, scale: float) -> str:
+    if not row or row.get("difference") is None:
+        return "-"
+    lo, hi = (scale * c if c is not None else float("nan") for c in row["ci"])
+    digits = 1 if scale != 1 else 3
+    return f"{scale * row['difference']:+.{digits}f} [{lo:+.{digits}f}, {hi:+.{digits}f}] ({row['verdict']})"
 
 
 def demo(

@@ -3,8 +3,8 @@ directory.
 
 Every `*.yaml` of the directory whose name does not start with `_` is one method to train and
 evaluate (`_common.yaml` holds what they share). The demo owns the paths, so it overrides them:
-the dataset under `<out>/data/<dataset>`, the calibration `<out>/cas/<dataset>.json` (reward and
-evaluation), the runs under `<out>/seed-<s>/runs`, and the seed of training and of evaluation
+the dataset under `<out>/data/<dataset>`, the calibrations `<out>/cas/<dataset>-reward.json` (the
+reward VLM's realism reference) and `<out>/cas/<dataset>-evaluation.json` (the evaluation's thresholds), the runs under `<out>/seed-<s>/runs`, and the seed of training and of evaluation
 sampling. Anything else (steps, learning rate, reward weights, K, lambda, guidance, evaluation
 sizes) is read from the YAMLs, so a user changes the experiment there, or per run with `--set`.
 """
@@ -31,8 +31,10 @@ class DemoLayout:
     def data(self, dataset: str) -> Path:
         return self.out / "data" / dataset
 
-    def calibration(self, dataset: str) -> Path:
-        return self.out / "cas" / f"{dataset}.json"
+    def calibration(self, dataset: str, role: str = "evaluation") -> Path:
+        """The real-image calibration of the reward's evaluator (its realism reference) or of the
+        evaluation's (thresholds): separate models, separate files."""
+        return self.out / "cas" / f"{dataset}-{role}.json"
 
     def seed_dir(self, seed: int) -> Path:
         return self.out / f"seed-{seed}"
@@ -73,15 +75,14 @@ def load_experiments(
     experiments = []
     for path in experiment_files(directory):
         dataset = load_config(path, overrides).dataset.name
-        calibration = str(layout.calibration(dataset))
         placed = {
             **(overrides or {}),
             "dataset.uri": str(layout.data(dataset)),
             "storage.path": str(layout.runs(seed)),
             "seed": seed,
             "evaluation.seed": seed,
-            "reward.calibration": calibration,
-            "evaluation.calibration": calibration,
+            "reward.calibration": str(layout.calibration(dataset, "reward")),
+            "evaluation.calibration": str(layout.calibration(dataset, "evaluation")),
         }
         experiments.append(DemoExperiment(path, load_config(path, placed)))
     check_experiments(directory, experiments)

@@ -18,15 +18,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pyarrow.parquet as pq
+
 from craft_ray.cas import Calibration, calibrate
+from craft_ray.cas.score import EvaluatorSpec
 from craft_ray.config import ExperimentConfig
 from craft_ray.data import read_manifest
 from craft_ray.data.phantoms import make_phantom_dataset
 from craft_ray.data.schema import MANIFEST_NAME, Manifest
 from craft_ray.demo.experiments import DEMO_EXPERIMENTS, DemoExperiment, DemoLayout, load_experiments
-from craft_ray.demo.summary import aggregate, method_row, strict_json, wins
+from craft_ray.demo.summary import aggregate, method_row, seed_differences, strict_json, verdict_counts
 from craft_ray.evaluation import EvalRequest, Reporter, RunResult, evaluate, open_run
+from craft_ray.evaluation.paired import RunScores, paired_comparison, pool_comparisons
 from craft_ray.evaluation.references import evaluation_spec
+from craft_ray.evaluation.run_metrics import oof_spec, real_scores
+from craft_ray.evaluation.store import CALIBRATION, SCORES
 from craft_ray.knowledge.labels import get_dataset
 from craft_ray.outputs import write_text_atomic
 from craft_ray.train.checkpoint import read_model_card
@@ -52,6 +58,37 @@ class SeedResult:
     results: list[RunResult]
     report: Path
     summary: Path
+    differences: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)  # baseline method -> stat
+    in_reward: dict[str, bool] = field(default_factory=dict)  # method -> its CAS is in-reward
+
+
+def _scores(result: RunResult):
+    return result.scores if result.scores is not None else pq.read_table(result.directory / SCORES)
+
+
+def pooled_differences(results: list[SeedResult], baseline: str) -> dict[str, dict[str, Any]]:
+    """The main method - `baseline` over all seeds: the mean of the per-seed paired differences with
+    a CI from pooled bootstrap replicates (seeds are independent experiments)."""
+    comparisons = []
+    for r in results:
+        main = r.results[0]
+        base = next(x for x in r.results if x.source.method == baseline)
+        calibration = Calibration.load(main.directory / CALIBRATION)
+        comparisons.append(
+            paired_comparison(
+                RunScores.from_table(_scores(main)),
+                RunScores.from_table(_scores(base)),
+                main.metrics["labels"],
+                main.metrics["thresholds"],
+                real_scores(calibration),
+                oof_spec(main.metrics),
+                main.source.cfg.evaluation.n_boot,
+                main.metrics.get("ci_level", 0.95),
+                r.seed,
+                keep_replicates=True,
+            )
+        )
+    return pool_comparisons(comparisons, results[0].results[0].metrics.get("ci_level", 0.95))
 
 
 def ensure_data(cfg: ExperimentConfig, opts: DemoOptions, reporter: Reporter) -> Manifest:
@@ -64,21 +101,26 @@ def ensure_data(cfg: ExperimentConfig, opts: DemoOptions, reporter: Reporter) ->
         return make_phantom_dataset(modality, opts.n, target, opts.size, DATA_SEED, progress=update)
 
 
-def ensure_calibration(cfg: ExperimentConfig, reporter: Reporter) -> Calibration:
-    """The real-image thresholds and realism reference, made with the evaluation's evaluator."""
-    path = Path(cfg.evaluation.calibration or "")
-    spec = evaluation_spec(cfg)
-    if path.is_file():
-        calibration = Calibration.load(path)
-        if calibration.evaluator == spec:
-            reporter.say(f"calibration: reusing {path}")
-            return calibration
-        raise_stale(path)
-    with reporter.progress(f"calibrating CAS on real {cfg.dataset.val_split} images") as update:
-        calibration = calibrate(spec, cfg.dataset.uri, cfg.dataset.val_split, progress=update)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    calibration.save(path)
-    return calibration
+def ensure_calibrations(cfg: ExperimentConfig, reporter: Reporter) -> None:
+    """The real-image calibrations: the reward's (its VLM's realism reference) and the evaluation's
+    (thresholds and reference of the independent evaluator)."""
+    roles = (
+        ("reward", cfg.reward.calibration, EvaluatorSpec.from_config(cfg)),
+        ("evaluation", cfg.evaluation.calibration, evaluation_spec(cfg)),
+    )
+    for role, where, spec in roles:
+        path = Path(where or "")
+        if path.is_file():
+            if Calibration.load(path).evaluator == spec:
+                reporter.say(f"{role} calibration: reusing {path}")
+                continue
+            raise_stale(path)
+        with reporter.progress(
+            f"calibrating the {role} CAS ({spec.vlm}) on real {cfg.dataset.val_split} images"
+        ) as update:
+            calibration = calibrate(spec, cfg.dataset.uri, cfg.dataset.val_split, progress=update)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        calibration.save(path)
 
 
 def raise_stale(path: Path) -> None:
@@ -139,7 +181,7 @@ def run_seed(opts: DemoOptions, seed: int, reporter: Reporter) -> SeedResult:
     experiments = load_experiments(opts.experiments, layout, seed, opts.overrides)
     main_cfg = experiments[0].cfg
     ensure_data(main_cfg, opts, reporter)
-    ensure_calibration(main_cfg, reporter)
+    ensure_calibrations(main_cfg, reporter)
     run_dirs = [ensure_trained(exp, reporter) for exp in experiments]
     sources = [open_run(d) for d in run_dirs]
     results = evaluate(sources[0], sources[1:], EvalRequest(), reporter)
@@ -147,16 +189,23 @@ def run_seed(opts: DemoOptions, seed: int, reporter: Reporter) -> SeedResult:
         report = build_report(run_dirs, layout.report(seed), overwrite=True)
         update(1, 1)
     rows = {exp.method: method_row(result.metrics) for exp, result in zip(experiments, results, strict=True)}
+    method_of = {result.source.name: result.source.method for result in results}
+    differences = {method_of[name]: diff for name, diff in seed_differences(results[0].metrics).items()}
+    in_reward = {
+        exp.method: bool(result.metrics.get("in_reward", {}).get("cas"))
+        for exp, result in zip(experiments, results, strict=True)
+    }
+    record = {
+        "seed": seed,
+        "rows": rows,
+        "differences": differences,
+        "in_reward": in_reward,
+        "runs": [str(d) for d in run_dirs],
+    }
     summary = write_text_atomic(
-        layout.summary(seed),
-        json.dumps(
-            strict_json({"seed": seed, "rows": rows, "runs": [str(d) for d in run_dirs]}),
-            indent=1,
-            allow_nan=False,
-        )
-        + "\n",
+        layout.summary(seed), json.dumps(strict_json(record), indent=1, allow_nan=False) + "\n"
     )
-    return SeedResult(seed, rows, results, report, summary)
+    return SeedResult(seed, rows, results, report, summary, differences, in_reward)
 
 
 def run_demo(
@@ -180,11 +229,15 @@ def run_demo(
         results.append(run_seed(opts, seed, reporter))
     per_seed = {r.seed: r.rows for r in results}
     methods = list(results[0].rows)
+    differences = {r.seed: r.differences for r in results}
     summary = {
         "seeds": seeds,
         "per_seed": per_seed,
         "methods": aggregate(per_seed),
-        "wins": {base: wins(per_seed, methods[0], base) for base in methods[1:]},
+        "differences": differences,
+        "verdicts": {base: verdict_counts(differences, base) for base in methods[1:]},
+        "pooled": {base: pooled_differences(results, base) for base in methods[1:]},
+        "in_reward": results[0].in_reward,
         "experiments": str(opts.experiments),
         "overrides": opts.overrides,
     }

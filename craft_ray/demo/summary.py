@@ -71,18 +71,38 @@ def aggregate(per_seed: dict[int, dict[str, dict[str, float]]]) -> dict[str, dic
     return out
 
 
-def wins(per_seed: dict[int, dict[str, dict[str, float]]], method: str, baseline: str) -> dict[str, str]:
-    """Per column, in how many seeds `method` is better than `baseline` ('k/n')."""
+# (statistic in the paired comparison, heading, better = +1 higher / -1 lower, scale for display)
+DIFFERENCES: tuple[tuple[str, str, int, float], ...] = (
+    ("oof_auroc:macro", "OOF AUROC", 1, 1.0),
+    ("oof_accuracy", "OOF accuracy", 1, 1.0),
+    ("cas", "CAS", 1, 1.0),
+    ("tail:overall", "tail share (points)", -1, 100.0),
+)
+
+
+def seed_differences(metrics: dict[str, Any]) -> dict[str, dict[str, dict[str, Any]]]:
+    """{baseline: {statistic: {difference, ci, verdict}}} of the main run's paired comparisons in its
+    metrics.json (written by `craft evaluate`: same label sets and noise, thresholds' noise included)."""
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for baseline, comp in metrics.get("baselines", {}).items():
+        rows = comp.get("differences", {}).get("metrics", {})
+        out[baseline] = {
+            key: {k: rows[key][k] for k in ("difference", "ci", "verdict")}
+            for key, *_ in DIFFERENCES
+            if key in rows
+        }
+    return out
+
+
+def verdict_counts(per_seed: dict[int, dict[str, dict[str, Any]]], baseline: str) -> dict[str, str]:
+    """Per statistic, in how many seeds the paired CI excluded zero in the better direction (wins)
+    and in the worse one (losses): 'wins k/n, losses m/n'. A positive sign alone is no win."""
     out = {}
-    for key, _, better in COLUMNS:
-        pairs = [
-            (rows[method].get(key, math.nan), rows[baseline].get(key, math.nan))
-            for rows in per_seed.values()
-            if method in rows and baseline in rows
-        ]
-        pairs = [(a, b) for a, b in pairs if math.isfinite(a) and math.isfinite(b)]
-        if pairs:
-            out[key] = f"{sum((a - b) * better > 0 for a, b in pairs)}/{len(pairs)}"
+    for key, *_ in DIFFERENCES:
+        verdicts = [d[baseline][key]["verdict"] for d in per_seed.values() if key in d.get(baseline, {})]
+        if verdicts:
+            n = len(verdicts)
+            out[key] = f"wins {verdicts.count('win')}/{n}, losses {verdicts.count('loss')}/{n}"
     return out
 
 

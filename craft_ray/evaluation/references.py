@@ -23,12 +23,13 @@ ProgressFactory = Callable[[str], AbstractContextManager[Callable[[int, int], No
 
 
 def evaluation_spec(cfg: ExperimentConfig) -> EvaluatorSpec:
-    """The evaluator of an evaluation: the run's VLM and MLLM, the evaluation's CAS weights (the
-    same for every method compared, whatever its reward weights), the dataset's label space."""
+    """The evaluator of an evaluation: `evaluation.vlm` (else the run's reward VLM: its numbers are
+    then in-reward), the run's MLLM, the evaluation's CAS weights (the same for every method
+    compared, whatever its reward weights), the dataset's label space."""
     return EvaluatorSpec(
         cfg.dataset.name,
         list(cfg.dataset.label_space),
-        cfg.model.vlm,
+        cfg.evaluation.vlm or cfg.model.vlm,
         cfg.model.mllm,
         cfg.model.mllm_model,
         cfg.evaluation.weights.as_dict(),

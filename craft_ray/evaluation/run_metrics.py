@@ -12,6 +12,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from craft_ray.cas.calibration import Calibration
 from craft_ray.cas.score import build_evaluator
 from craft_ray.config import ExperimentConfig
 from craft_ray.data.images import decode_png
@@ -27,10 +28,11 @@ from craft_ray.evaluation.metrics import (
     tail_reduction,
     tail_table,
 )
+from craft_ray.evaluation.paired import OOFSpec, RealScores, RunScores, paired_comparison, run_intervals
 from craft_ray.evaluation.real import RealData
 from craft_ray.evaluation.references import References
 from craft_ray.evaluation.stats import bootstrap_difference
-from craft_ray.evaluation.store import PAIRS_PNG
+from craft_ray.evaluation.store import CALIBRATION, PAIRS_PNG
 from craft_ray.knowledge.checklists import load_knowledge
 from craft_ray.knowledge.labels import get_dataset
 from craft_ray.models.classifier import ClassifierCard, fit_classifier, targets_for
@@ -75,6 +77,8 @@ def run_metrics(
     metrics["tail"] = tail_table(columns["cas"], label_sets, refs.calibration.thresholds, labels, ev.ci_level)
     metrics["out_of_family"] = {
         "classifier": refs.classifier_note,
+        "labels": list(refs.classifier.labels),
+        "multilabel": refs.classifier.card.multilabel,
         **out_of_family_table(
             np.asarray(scores.column("oof_prob").to_pylist()),
             scores.column("oof_agreement").to_pylist(),
@@ -85,6 +89,7 @@ def run_metrics(
             multilabel=refs.classifier.card.multilabel,
         ),
     }
+    add_intervals(metrics, scores, refs, labels, ev)
     progress(1, STEPS)
     metrics["downstream"] = downstream(table, cfg, labels, real)
     progress(3, STEPS)
@@ -105,6 +110,54 @@ def run_metrics(
         metrics["audit"]["model"] = refs.calibration.evaluator.vlm
     progress(STEPS, STEPS)
     return metrics
+
+
+def real_scores(calibration: Calibration) -> RealScores | None:
+    """The calibration's real images (None for a version-1 file, which did not keep them)."""
+    real = calibration.real
+    if not real:
+        return None
+    return RealScores(np.asarray(real["cas"], dtype=float), [list(x) for x in real["labels"]], calibration.q)
+
+
+def oof_spec(metrics: dict[str, Any]) -> OOFSpec | None:
+    oof = metrics.get("out_of_family", {})
+    return OOFSpec(list(oof["labels"]), bool(oof["multilabel"])) if "labels" in oof else None
+
+
+def add_intervals(metrics: dict[str, Any], scores: pa.Table, refs: References, labels: list[str], ev) -> None:
+    """Bootstrap intervals that resample the generated images and, for the tail, the real
+    calibration images behind the thresholds (their noise is part of a tail share's uncertainty);
+    the out-of-family AUROC's intervals too."""
+    real = real_scores(refs.calibration)
+    intervals = run_intervals(
+        RunScores.from_table(scores),
+        labels,
+        refs.calibration.thresholds,
+        real,
+        oof_spec(metrics),
+        ev.n_boot,
+        ev.ci_level,
+        ev.seed,
+    )
+    method = (
+        "bootstrap over the generated images and the real calibration images (threshold noise included)"
+        if real is not None
+        else "Wilson score interval (the calibration file keeps no real scores: threshold noise not included; recalibrate)"
+    )
+    for group, row in metrics["tail"].items():
+        row["ci_method"] = method
+        if real is not None and f"tail:{group}" in intervals:
+            row["ci_binomial"] = row["ci"]
+            row["ci"] = intervals[f"tail:{group}"]["ci"]
+    auroc = metrics["out_of_family"]["auroc"]
+    if "oof_auroc:macro" in intervals:
+        auroc["macro_ci"] = intervals["oof_auroc:macro"]["ci"]
+        auroc["per_label_ci"] = {
+            label: intervals[f"oof_auroc:{label}"]["ci"]
+            for label in auroc["per_label"]
+            if f"oof_auroc:{label}" in intervals
+        }
 
 
 def _images(table: pa.Table, channels: int) -> torch.Tensor:
@@ -206,7 +259,20 @@ def comparison(main, base, cfg: ExperimentConfig, labels: list[str]) -> dict[str
     cas_a, cas_b = a.column("cas").to_pylist(), b.column("cas").to_pylist()
     thresholds = main.metrics["thresholds"]
     mean_diff = bootstrap_difference(cas_b, cas_a, paired, ev.n_boot, ev.ci_level, ev.seed)  # run - baseline
+    calibration = Calibration.load(main.directory / CALIBRATION)
+    differences = paired_comparison(
+        RunScores.from_table(a),
+        RunScores.from_table(b),
+        labels,
+        thresholds,
+        real_scores(calibration),
+        oof_spec(main.metrics),
+        ev.n_boot,
+        ev.ci_level,
+        ev.seed,
+    )
     return {
+        "differences": differences,
         "baseline_dir": str(base.directory),
         "baseline_eval": _identity_digest(base.directory),
         "paired": paired,

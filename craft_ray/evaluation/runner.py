@@ -23,6 +23,7 @@ from pydantic import ValidationError
 from craft_ray.config import EvaluationConfig, ExperimentConfig
 from craft_ray.errors import ConfigError, EvaluationError
 from craft_ray.evaluation.generation import SamplerSettings
+from craft_ray.evaluation.in_reward import in_reward
 from craft_ray.evaluation.pipeline import assemble, build_dataset, plan_resources, read_shards, run_shards
 from craft_ray.evaluation.plan import Plan, make_plan
 from craft_ray.evaluation.real import RealData
@@ -258,6 +259,7 @@ def run_job(
         metrics = run_metrics(
             read_shards(store, plan), scores, cfg, labels, refs, real, store.partial, update
         )
+    metrics["in_reward"] = in_reward(source.cfg, refs.calibration.evaluator)
     write_text_atomic(store.partial / METRICS, dumps(metrics))
     final = store.promote()
     return RunResult(source, final, metrics, reused=False, scores=scores)

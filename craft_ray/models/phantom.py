@@ -1,10 +1,12 @@
 """The shipped phantom models, by name: `phantom:<modality>` (the reward VLM of a modality, and as
-`evaluation.classifier` the out-of-family CNN of that modality) and `phantom` (the diffusion base of
-all four modalities).
+`evaluation.classifier` the out-of-family CNN of that modality), `phantom-eval:<modality>` (the
+evaluation VLM of a modality: another architecture, other training data, never the reward's
+weights) and `phantom` (the diffusion base of all four modalities).
 
 They live in the package (`craft_ray/assets/phantom/`), each with its model card, and are made by
-`craft pretrain vlm|diffusion` (the exact command is in each card). A bare `phantom` VLM or classifier name
-is resolved to the dataset's modality where the dataset is known (ExperimentConfig, EvaluatorSpec).
+`craft pretrain vlm|classifier|diffusion` (the exact command is in each card). A bare `phantom` or
+`phantom-eval` name is resolved to the dataset's modality where the dataset is known
+(ExperimentConfig, EvaluatorSpec).
 """
 
 from __future__ import annotations
@@ -14,9 +16,16 @@ from pathlib import Path
 
 from craft_ray.errors import ModelError
 from craft_ray.knowledge.labels import MODALITIES
+from craft_ray.model_names import PHANTOM, PHANTOM_EVAL, PHANTOM_REWARD, family_of, with_modality
 
-PHANTOM = "phantom"
 PREFIX = "phantom:"
+# name family -> the asset directory prefix of its VLMs (`<dir>-<modality>`)
+VLM_FAMILIES = {PHANTOM: "vlm", PHANTOM_EVAL: "vlm-eval"}
+
+# name family -> the asset directory prefix of its classifiers
+CLASSIFIER_FAMILIES = {PHANTOM: "classifier", PHANTOM_REWARD: "classifier-reward"}
+
+__all__ = ["PHANTOM", "PHANTOM_EVAL", "PHANTOM_REWARD", "family_of", "is_phantom", "with_modality"]
 
 
 def assets_root() -> Path:
@@ -24,58 +33,76 @@ def assets_root() -> Path:
 
 
 def is_phantom(spec: str | None) -> bool:
-    return spec == PHANTOM or (spec or "").startswith(PREFIX)
+    return family_of(spec) is not None
 
 
-def phantom_vlm_name(modality: str) -> str:
-    return f"{PREFIX}{modality}"
+def phantom_vlm_name(modality: str, family: str = PHANTOM) -> str:
+    return f"{family}:{modality}"
 
 
-def shipped_vlms() -> list[str]:
-    return [m for m in MODALITIES if (assets_root() / f"vlm-{m}" / "model.safetensors").is_file()]
+def shipped_vlms(family: str = PHANTOM) -> list[str]:
+    if family not in VLM_FAMILIES:
+        return []
+    kind = VLM_FAMILIES[family]
+    return [m for m in MODALITIES if (assets_root() / f"{kind}-{m}" / "model.safetensors").is_file()]
 
 
-def shipped_classifiers() -> list[str]:
-    return [m for m in MODALITIES if (assets_root() / f"classifier-{m}" / "model.safetensors").is_file()]
+def shipped_classifiers(family: str = PHANTOM) -> list[str]:
+    kind = CLASSIFIER_FAMILIES[family]
+    return [m for m in MODALITIES if (assets_root() / f"{kind}-{m}" / "model.safetensors").is_file()]
 
 
-def _modality_dir(spec: str, kind: str, what: str, shipped: list[str]) -> Path:
-    """assets/<kind>-<modality> of `phantom:<modality>`; a clear ModelError for a bare name, an
+def _modality_dir(spec: str, kind: str, what: str, shipped: list[str], family: str) -> Path:
+    """assets/<kind>-<modality> of `<family>:<modality>`; a clear ModelError for a bare name, an
     unknown modality or weights that were never shipped."""
-    if spec == PHANTOM:
+    if spec == family:
         raise ModelError(
-            f"{what} 'phantom' needs a modality: name it phantom:<modality> "
+            f"{what} {family!r} needs a modality: name it {family}:<modality> "
             f"({', '.join(MODALITIES)}), or use it in a config or command that names the dataset"
         )
-    modality = spec.removeprefix(PREFIX)
+    modality = spec.removeprefix(f"{family}:")
     if modality not in MODALITIES:
         raise ModelError(
             f"unknown phantom {what} {spec!r}: modality {modality!r} (known: {', '.join(MODALITIES)})"
         )
     directory = assets_root() / f"{kind}-{modality}"
     if not (directory / "model.safetensors").is_file():
-        names = ", ".join(phantom_vlm_name(m) for m in shipped) or "none"
+        names = ", ".join(phantom_vlm_name(m, family) for m in shipped) or "none"
+        command = kind.split("-")[0]
         raise ModelError(
             f"no shipped {what} weights for {spec!r} (shipped: {names}); train them with "
-            f"`craft pretrain {kind} --modality {modality} --out DIR` and name DIR instead"
+            f"`craft pretrain {command} --modality {modality} --out DIR` (README: 'The shipped phantom "
+            "models' gives the options of each model) and name DIR instead"
         )
     return directory
 
 
 def phantom_vlm_dir(spec: str) -> Path:
-    """The directory of the reward VLM `phantom:<modality>`."""
-    return _modality_dir(spec, "vlm", "VLM", shipped_vlms())
+    """The directory of the VLM `phantom:<modality>` (reward) or `phantom-eval:<modality>`."""
+    family = family_of(spec) or PHANTOM
+    if family not in VLM_FAMILIES:
+        raise ModelError(f"{spec!r} names a classifier, not a VLM (VLMs: phantom, phantom-eval)")
+    what = "evaluation VLM" if family == PHANTOM_EVAL else "VLM"
+    return _modality_dir(spec, VLM_FAMILIES[family], what, shipped_vlms(family), family)
 
 
 def phantom_classifier_dir(spec: str) -> Path:
-    """The directory of the out-of-family classifier `phantom:<modality>`."""
-    return _modality_dir(spec, "classifier", "classifier", shipped_classifiers())
+    """The directory of the out-of-family classifier `phantom:<modality>`, or of the reward
+    classifier `phantom-reward:<modality>` (the positive control's reward)."""
+    family = family_of(spec)
+    if family not in CLASSIFIER_FAMILIES:
+        raise ModelError(
+            f"unknown phantom classifier {spec!r}: name it phantom:<modality> (out-of-family) "
+            "or phantom-reward:<modality> (a reward)"
+        )
+    what = "reward classifier" if family == PHANTOM_REWARD else "classifier"
+    return _modality_dir(spec, CLASSIFIER_FAMILIES[family], what, shipped_classifiers(family), family)
 
 
 def phantom_diffusion_dir(spec: str) -> Path:
     """`phantom` (or `phantom:<modality>`: the same base serves every modality)."""
     modality = spec.removeprefix(PREFIX) if spec != PHANTOM else None
-    if modality is not None and modality not in MODALITIES:
+    if family_of(spec) != PHANTOM or (modality is not None and modality not in MODALITIES):
         raise ModelError(
             f"unknown phantom base {spec!r}: modality {modality!r} (known: {', '.join(MODALITIES)})"
         )

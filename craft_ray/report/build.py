@@ -22,8 +22,7 @@ from craft_ray.data.images import decode_png
 from craft_ray.data.reading import read_table
 from craft_ray.errors import EvaluationError
 from craft_ray.evaluation.grids import image_grid
-from craft_ray.evaluation.metrics import tail_reduction
-from craft_ray.evaluation.store import IMAGES, METRICS, PAIRS_PNG, SCORES, SETTINGS
+from craft_ray.evaluation.store import CALIBRATION, IMAGES, METRICS, PAIRS_PNG, SCORES, SETTINGS
 from craft_ray.outputs import atomic_dir, check_output
 from craft_ray.report import figures
 from craft_ray.report.tables import Table, num, pct, to_markdown, with_ci
@@ -41,6 +40,7 @@ class Evaluated:
     metrics: dict[str, Any]
     settings: dict[str, Any]
     scores: Any = field(repr=False)
+    comparisons: dict[str, dict[str, Any]] = field(default_factory=dict, repr=False)  # by baseline name
 
     @property
     def name(self) -> str:
@@ -117,13 +117,24 @@ def overview_section(runs: list[Evaluated], fig_dir: Path) -> str:
     return "## Runs\n\n" + to_markdown(table) + "\nReferences used:\n\n" + "".join(f"- {n}\n" for n in notes)
 
 
+def _evaluator_cell(run: Evaluated) -> str:
+    flag = run.metrics.get("in_reward", {})
+    return run.metrics["evaluator"]["vlm"] + (" **in-reward**" if flag.get("cas") else "")
+
+
 def cas_section(runs: list[Evaluated], fig_dir: Path) -> str:
     level = int(round(100 * runs[0].metrics.get("ci_level", 0.95)))
     table = Table(
         f"CAS per dataset and method (mean, {level}% bootstrap CI; dimensions: means)",
-        ["dataset", "model", "method", "CAS", *DIMENSIONS],
+        ["dataset", "model", "method", "evaluator", "CAS", *DIMENSIONS],
     )
     parts = []
+    hacked = [r.name for r in runs if r.metrics.get("in_reward", {}).get("cas")]
+    if hacked:
+        parts.append(
+            f"CAS marked in-reward ({', '.join(hacked)}) is computed by the model that run was trained to "
+            "maximise: it can be hacked and is not a measurement; the out-of-family section is the check.\n"
+        )
     for dataset, group in by_dataset(runs).items():
         for r in group:
             o = r.metrics["cas"]["overall"]
@@ -132,6 +143,7 @@ def cas_section(runs: list[Evaluated], fig_dir: Path) -> str:
                     dataset,
                     r.name,
                     r.method,
+                    _evaluator_cell(r),
                     with_ci(o["cas"]["mean"], o["cas"]["mean_ci"]),
                     *[num(o.get(d, {}).get("mean")) for d in DIMENSIONS],
                 ]
@@ -156,24 +168,69 @@ def _cas_of(run: Evaluated, label: str) -> list[float]:
     return [c for c, s in zip(cas, sets, strict=True) if label in s]
 
 
-def strongest_baseline(run: Evaluated, group: list[Evaluated]) -> Evaluated | None:
-    """The baseline-method run of the same dataset (not `run`) with the lowest overall tail share."""
+# statistic -> how the strongest baseline is chosen: its value in metrics.json, better = +1 / -1
+STRONGEST = {
+    "tail": (lambda m: m["tail"]["overall"]["share"], -1),
+    "cas": (lambda m: m["cas"]["overall"]["cas"]["mean"], 1),
+    "oof": (lambda m: m["out_of_family"]["auroc"]["macro"], 1),
+}
+
+
+def strongest_baseline(run: Evaluated, group: list[Evaluated], by: str = "tail") -> Evaluated | None:
+    """The baseline-method run of the same dataset (not `run`) that is best on `by`: the lowest
+    overall tail share, the highest CAS or the highest out-of-family macro AUROC."""
+    value, better = STRONGEST[by]
     candidates = [r for r in group if r is not run and r.method in BASELINE_METHODS]
-    return min(candidates, key=lambda r: r.metrics["tail"]["overall"]["share"], default=None)
+    candidates = [r for r in candidates if not math.isnan(value(r.metrics))]
+    return max(candidates, key=lambda r: better * value(r.metrics), default=None)
+
+
+def comparison(run: Evaluated, base: Evaluated) -> dict[str, Any]:
+    """run - base, paired where the runs share their image requests; thresholds redrawn from the real
+    calibration images when the evaluation kept them (see craft_ray.evaluation.paired)."""
+    from craft_ray.cas.calibration import Calibration
+    from craft_ray.evaluation.paired import RunScores, paired_comparison
+    from craft_ray.evaluation.run_metrics import oof_spec, real_scores
+
+    if base.name not in run.comparisons:
+        m = run.metrics
+        path = run.directory / CALIBRATION
+        real = real_scores(Calibration.load(path)) if path.is_file() else None
+        run.comparisons[base.name] = paired_comparison(
+            RunScores.from_table(run.scores),
+            RunScores.from_table(base.scores),
+            m["labels"],
+            m["thresholds"],
+            real,
+            oof_spec(m),
+            N_BOOT,
+            m.get("ci_level", 0.95),
+            m.get("seed", 0),
+        )
+    return run.comparisons[base.name]
+
+
+N_BOOT = 1000
+
+
+def _verdict_cell(row: dict[str, Any], scale: float, digits: int) -> str:
+    return with_ci(scale * row["difference"], [scale * c for c in row["ci"]], digits) + f" ({row['verdict']})"
 
 
 def tail_section(runs: list[Evaluated], fig_dir: Path) -> str:
+    method = next(iter(runs[0].metrics["tail"].values()), {}).get("ci_method", "Wilson score interval")
     table = Table(
-        "Low-alignment tail (share below the real-image threshold, Wilson CI) and its reduction vs the strongest baseline",
+        "Low-alignment tail (share below the real-image threshold) and its reduction vs the strongest baseline",
         ["dataset", "model", "method", "tail share", "strongest baseline", "reduction (points)", "relative"],
-        note="reductions: percentile bootstrap, paired when both runs were evaluated on the same label sets and seeds",
+        note=f"shares: {method}; reductions: percentile bootstrap, paired when both runs were evaluated on the "
+        "same label sets and seeds, with the thresholds redrawn from the real calibration images",
     )
     parts = []
     for dataset, group in by_dataset(runs).items():
         for r in group:
             tail = r.metrics["tail"]["overall"]
-            base = strongest_baseline(r, group)
-            red = reduction(r, base)["overall"] if base else None
+            base = strongest_baseline(r, group, "tail")
+            red = comparison(r, base)["metrics"]["tail:overall"] if base else None
             table.rows.append(
                 [
                     dataset,
@@ -181,9 +238,22 @@ def tail_section(runs: list[Evaluated], fig_dir: Path) -> str:
                     r.method,
                     pct(tail["share"], tail["ci"]),
                     base.name if base else "-",
-                    with_ci(red["points"], red["points_ci"], 1) if red else "-",
-                    (with_ci(red["relative_pct"], red["relative_pct_ci"], 1) + " %")
-                    if red and not math.isnan(red["relative_pct"])
+                    _verdict_cell(
+                        {**red, "difference": -red["difference"], "ci": [-red["ci"][1], -red["ci"][0]]},
+                        100,
+                        1,
+                    )
+                    if red
+                    else "-",
+                    (
+                        with_ci(
+                            100 * red["relative_reduction"],
+                            [100 * c for c in red["relative_reduction_ci"]],
+                            1,
+                        )
+                        + " %"
+                    )
+                    if red and not math.isnan(red["relative_reduction"])
                     else "-",
                 ]
             )
@@ -203,23 +273,62 @@ def tail_section(runs: list[Evaluated], fig_dir: Path) -> str:
     return "## Low-alignment tail\n\n" + to_markdown(table) + "\n" + "\n".join(parts)
 
 
-def reduction(run: Evaluated, base: Evaluated) -> dict[str, Any]:
-    a, b = run.scores, base.scores
-    paired = a.num_rows == b.num_rows and all(
-        a.column(k).equals(b.column(k)) for k in ("image_id", "seed", "labels")
+def out_of_family_section(runs: list[Evaluated], fig_dir: Path) -> str:
+    """The ground truth: does a classifier of another family, trained on its own data, read the
+    conditioned findings in the generated images? Per run, and paired against the strongest baseline."""
+    level = int(round(100 * runs[0].metrics.get("ci_level", 0.95)))
+    parts = ["## Out-of-family evaluator (ground truth)\n"]
+    for dataset, group in by_dataset(runs).items():
+        labels = group[0].metrics["labels"]
+        table = Table(
+            f"{dataset}: the out-of-family classifier's AUROC on the conditioned labels ({level}% bootstrap CI) "
+            "and its accuracy",
+            ["model", "method", "macro AUROC", *labels, "accuracy"],
+            note=f"classifier: {group[0].metrics['out_of_family']['classifier']}; accuracy: "
+            + group[0].metrics["out_of_family"].get("accuracy", {}).get("kind", "-"),
+        )
+        for r in group:
+            auroc, oof = r.metrics["out_of_family"]["auroc"], r.metrics["out_of_family"]
+            acc = oof.get("accuracy", {})
+            table.rows.append(
+                [
+                    r.name,
+                    r.method,
+                    with_ci(auroc["macro"], auroc.get("macro_ci")),
+                    *[num(auroc["per_label"].get(label)) for label in labels],
+                    with_ci(acc.get("mean"), acc.get("mean_ci")),
+                ]
+            )
+        parts.append(to_markdown(table))
+        parts.append(paired_table(dataset, group, level))
+    return "\n".join(parts)
+
+
+PAIRED_ROWS = (  # (statistic, column title, scale, digits, strongest baseline chosen by)
+    ("oof_auroc:macro", "Δ OOF AUROC", 1.0, 3, "oof"),
+    ("oof_accuracy", "Δ OOF accuracy", 1.0, 3, "oof"),
+    ("cas", "Δ CAS", 1.0, 3, "cas"),
+    ("tail:overall", "Δ tail share (points)", 100.0, 1, "tail"),
+)
+
+
+def paired_table(dataset: str, group: list[Evaluated], level: int) -> str:
+    """Every run against the strongest baseline of each statistic: the paired difference, its CI and
+    the verdict (a win is a CI that excludes zero in the better direction, never a count of seeds)."""
+    table = Table(
+        f"{dataset}: paired differences (run - strongest baseline, {level}% bootstrap CI)",
+        ["model", "method", *[title for _, title, *_ in PAIRED_ROWS]],
+        note="paired: the same label sets and initial noise, images resampled together; tail: thresholds "
+        "redrawn from the real calibration images; baseline per column: the best baseline-method run on it",
     )
-    m = run.metrics
-    n_boot = 1000
-    return tail_reduction(
-        (a.column("cas").to_pylist(), a.column("labels").to_pylist()),
-        (b.column("cas").to_pylist(), b.column("labels").to_pylist()),
-        m["thresholds"],
-        m["labels"],
-        paired,
-        n_boot,
-        m.get("ci_level", 0.95),
-        m.get("seed", 0),
-    )
+    for r in group:
+        cells = []
+        for key, _, scale, digits, by in PAIRED_ROWS:
+            base = strongest_baseline(r, group, by)
+            row = comparison(r, base)["metrics"].get(key) if base else None
+            cells.append(f"{_verdict_cell(row, scale, digits)} vs {base.name}" if row else "-")
+        table.rows.append([r.name, r.method, *cells])
+    return to_markdown(table)
 
 
 def downstream_section(runs: list[Evaluated], fig_dir: Path) -> str:
@@ -338,6 +447,7 @@ def samples_section(runs: list[Evaluated], fig_dir: Path, per_label: int = 1) ->
 Section = Callable[[list[Evaluated], Path], str]
 SECTIONS: list[Section] = [
     overview_section,
+    out_of_family_section,
     cas_section,
     tail_section,
     downstream_section,

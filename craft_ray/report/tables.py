@@ -46,7 +46,11 @@ def pct(value: Any, ci: Sequence[Any] | None = None) -> str:
 def cas_table(metrics: dict[str, Any]) -> Table:
     level = int(round(100 * metrics.get("ci_level", 0.95)))
     cols = ["group", "n", f"CAS mean [{level}% CI]", "median", "q05"] + list(DIMENSIONS)
-    table = Table(f"CAS of {metrics['model']} (evaluation path; mean of each dimension)", cols)
+    table = Table(
+        f"CAS of {metrics['model']} (evaluation path; mean of each dimension){in_reward_mark(metrics)}",
+        cols,
+        note=metrics.get("in_reward", {}).get("note", ""),
+    )
     groups = [("overall", metrics["cas"]["overall"])] + list(metrics["cas"]["per_label"].items())
     for name, block in groups:
         cas = block.get("cas", {})
@@ -64,12 +68,18 @@ def cas_table(metrics: dict[str, Any]) -> Table:
     return table
 
 
+def in_reward_mark(metrics: dict[str, Any]) -> str:
+    """' [in-reward]' when the evaluation's CAS was computed by the run's own reward model."""
+    return " [in-reward]" if metrics.get("in_reward", {}).get("cas") else ""
+
+
 def tail_table(metrics: dict[str, Any]) -> Table:
+    method = next(iter(metrics["tail"].values()), {}).get("ci_method", "Wilson score interval")
     table = Table(
         f"Low-alignment tail of {metrics['model']}: share below the real-image q={metrics.get('threshold_q')} "
-        "threshold (Wilson CI)",
+        f"threshold{in_reward_mark(metrics)}",
         ["group", "threshold", "images", "below", "share"],
-        note=f"thresholds: {metrics.get('calibration', '')}",
+        note=f"CI: {method}; thresholds: {metrics.get('calibration', '')}",
     )
     for group, row in metrics["tail"].items():
         table.rows.append(
@@ -103,6 +113,41 @@ def reduction_table(metrics: dict[str, Any], baseline: str) -> Table:
     return table
 
 
+DIFFERENCE_ROWS = (  # (statistic, title, digits, scale)
+    ("oof_auroc:macro", "out-of-family AUROC (macro)", 3, 1.0),
+    ("oof_accuracy", "out-of-family accuracy", 3, 1.0),
+    ("cas", "CAS mean", 3, 1.0),
+    ("tail:overall", "tail share (points)", 1, 100.0),
+)
+
+
+def differences_table(metrics: dict[str, Any], baseline: str) -> Table:
+    """The paired differences run - baseline with their CIs and verdicts (win / loss / no difference)."""
+    diff = metrics["baselines"][baseline]["differences"]
+    level = int(round(100 * metrics.get("ci_level", 0.95)))
+    table = Table(
+        f"{metrics['model']} - {baseline}: paired differences ({level}% bootstrap CI)",
+        ["statistic", "run", "baseline", "difference [CI]", "verdict"],
+        note=("paired: the same label sets and initial noise" if diff["paired"] else "UNPAIRED")
+        + ("; tail intervals include the thresholds' noise" if diff["threshold_noise"] else "")
+        + "; a win is a difference whose CI excludes zero in the better direction",
+    )
+    for key, title, digits, scale in DIFFERENCE_ROWS:
+        row = diff["metrics"].get(key)
+        if row is None:
+            continue
+        table.rows.append(
+            [
+                title,
+                num(scale * row["run"], digits),
+                num(scale * row["baseline"], digits),
+                with_ci(scale * row["difference"], [scale * c for c in row["ci"]], digits),
+                row["verdict"],
+            ]
+        )
+    return table
+
+
 def out_of_family_table(metrics: dict[str, Any]) -> Table:
     oof = metrics["out_of_family"]
     table = Table(
@@ -114,13 +159,17 @@ def out_of_family_table(metrics: dict[str, Any]) -> Table:
     overall = [
         "overall",
         with_ci(oof["agreement"]["mean"], oof["agreement"]["mean_ci"]),
-        num(oof["auroc"]["macro"]),
+        with_ci(oof["auroc"]["macro"], oof["auroc"].get("macro_ci")),
     ]
     if "accuracy" in oof:  # evaluations written before the accuracy column have none
         overall.append(with_ci(oof["accuracy"]["mean"], oof["accuracy"]["mean_ci"]))
     table.rows.append(overall)
     for label, block in oof["agreement_per_label"].items():
-        row = [label, with_ci(block["mean"], block["mean_ci"]), num(oof["auroc"]["per_label"].get(label))]
+        row = [
+            label,
+            with_ci(block["mean"], block["mean_ci"]),
+            with_ci(oof["auroc"]["per_label"].get(label), oof["auroc"].get("per_label_ci", {}).get(label)),
+        ]
         table.rows.append(row + (["-"] if "accuracy" in oof else []))
     return table
 
@@ -177,7 +226,10 @@ def audit_table(metrics: dict[str, Any], limit: int | None = None) -> Table:
 
 def run_tables(metrics: dict[str, Any], audit_limit: int | None = None) -> list[Table]:
     tables = [cas_table(metrics), tail_table(metrics)]
-    tables += [reduction_table(metrics, name) for name in metrics.get("baselines", {})]
+    for name, comp in metrics.get("baselines", {}).items():
+        tables.append(
+            differences_table(metrics, name) if "differences" in comp else reduction_table(metrics, name)
+        )
     tables += [out_of_family_table(metrics), downstream_table(metrics), memorisation_table(metrics)]
     tables.append(audit_table(metrics, audit_limit))
     return tables

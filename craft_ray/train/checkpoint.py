@@ -21,7 +21,7 @@ from peft import set_peft_model_state_dict
 from safetensors.torch import load_file
 
 from craft_ray.config import ExperimentConfig
-from craft_ray.errors import ModelError, TrainingError
+from craft_ray.errors import ConfigError, ModelError, TrainingError
 from craft_ray.models.lora import LORA_WEIGHTS_NAME, lora_summary, save_lora
 from craft_ray.train.context import unwrap
 
@@ -38,6 +38,7 @@ def write_checkpoint(
     lr_scheduler: Any,
     step: int,
     counters: dict[str, float],
+    method_state: dict[str, Any] | None = None,
 ) -> None:
     unet = unwrap(unet)
     try:
@@ -55,6 +56,7 @@ def write_checkpoint(
         "torch_rng": torch.get_rng_state(),
         "optimizer": optimizer.state_dict() if optimizer is not None else None,
         "lr_scheduler": lr_scheduler.state_dict() if lr_scheduler is not None else None,
+        "method": dict(method_state or {}),
     }
     torch.save(state, directory / STATE_NAME)
     card = {
@@ -90,15 +92,7 @@ def restore_checkpoint(
         )
     try:
         if adapter == "lora":
-            weights = load_file(str(directory / "lora" / LORA_WEIGHTS_NAME))
-            weights = {k.removeprefix("unet."): v for k, v in weights.items()}
-            result = set_peft_model_state_dict(
-                unet, convert_unet_state_dict_to_peft(weights), adapter_name="default"
-            )
-            if getattr(result, "unexpected_keys", None):
-                raise TrainingError(
-                    f"{directory}: LoRA keys do not match the model: {result.unexpected_keys[:3]}"
-                )
+            load_lora_weights(unet, directory / "lora")
         elif adapter == "unet":
             unet.load_state_dict(load_file(str(directory / "unet" / "diffusion_pytorch_model.safetensors")))
         state = torch.load(directory / STATE_NAME, weights_only=True, map_location="cpu")
@@ -110,6 +104,54 @@ def restore_checkpoint(
         lr_scheduler.load_state_dict(state["lr_scheduler"])
     torch.set_rng_state(state["torch_rng"])
     return int(state["step"]), dict(state["counters"])
+
+
+def load_lora_weights(unet: torch.nn.Module, lora_dir: Path) -> None:
+    """A saved diffusers-format LoRA into the live peft adapter of `unet` (same shape)."""
+    weights = load_file(str(lora_dir / LORA_WEIGHTS_NAME))
+    weights = {k.removeprefix("unet."): v for k, v in weights.items()}
+    result = set_peft_model_state_dict(
+        unwrap(unet), convert_unet_state_dict_to_peft(weights), adapter_name="default"
+    )
+    if getattr(result, "unexpected_keys", None):
+        raise TrainingError(f"{lora_dir}: LoRA keys do not match the model: {result.unexpected_keys[:3]}")
+
+
+def warm_start(unet: torch.nn.Module, source: str) -> Path:
+    """`model.init_lora`: start the LoRA from a run's `final/` (a run directory), a checkpoint
+    directory, or a LoRA directory; its shape must be the config's. Returns the LoRA directory."""
+    path = Path(source)
+    for candidate in (path / "final", path):
+        if (candidate / MODEL_CARD).is_file():
+            card = read_model_card(candidate)
+            if card.get("adapter") != "lora":
+                raise ConfigError(
+                    f"model.init_lora {source}: {candidate} holds no LoRA (adapter {card.get('adapter')!r})"
+                )
+            if card.get("lora") and card["lora"] != lora_summary(unwrap(unet)):
+                raise ConfigError(
+                    f"model.init_lora {source}: its LoRA is {card['lora']}, the config asks for {lora_summary(unwrap(unet))}"
+                )
+            lora_dir = candidate / "lora"
+            break
+    else:
+        lora_dir = path
+    if not (lora_dir / LORA_WEIGHTS_NAME).is_file():
+        raise ConfigError(
+            f"model.init_lora {source}: no {LORA_WEIGHTS_NAME} there (give a run directory, a checkpoint or a LoRA directory)"
+        )
+    try:
+        load_lora_weights(unet, lora_dir)
+    except (OSError, RuntimeError, KeyError) as exc:
+        raise ConfigError(f"model.init_lora {source}: cannot load its LoRA ({exc})") from None
+    return lora_dir
+
+
+def read_method_state(directory: Path) -> dict[str, Any]:
+    """The method's own state of a checkpoint (e.g. CRAFT's running gradient-norm average); empty
+    for checkpoints written before methods had state."""
+    state = torch.load(directory / STATE_NAME, weights_only=True, map_location="cpu")
+    return dict(state.get("method") or {})
 
 
 def is_complete(directory: Path) -> bool:

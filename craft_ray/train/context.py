@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from craft_ray.cas.calibration import Calibration
+from craft_ray.cas.channels import to_modality_channels
 from craft_ray.cas.score import CASEvaluator, EvaluatorSpec, build_evaluator
 from craft_ray.config import ExperimentConfig
 from craft_ray.data.reading import ImageParquetDataset
@@ -27,7 +28,16 @@ from craft_ray.knowledge.prompts import Enricher, build_prompt, enricher_for
 from craft_ray.models.diffusion import DiffusionComponents
 from craft_ray.train.session import TrainSession
 
-PURPOSES = {"noise": 0, "timestep": 1, "truncation": 2, "prompt": 3, "vae": 4, "dropout": 5, "sampler": 6}
+PURPOSES = {
+    "noise": 0,
+    "timestep": 1,
+    "truncation": 2,
+    "prompt": 3,
+    "vae": 4,
+    "dropout": 5,
+    "sampler": 6,
+    "augment": 7,
+}
 
 
 def derive_seed(*parts: int) -> int:
@@ -50,6 +60,21 @@ def batch_rows(
         epoch, pos = divmod(k, n)
         rows.append(int(_epoch_permutation(n, seed, epoch)[pos]))
     return rows
+
+
+def limit_positives(rows: list[int], label_sets: list[list[str]], limit: int, seed: int) -> list[int]:
+    """A seeded subset of `rows` in which no label has more than `limit` images: rows are visited
+    in a seeded order and kept while every one of their labels is under its limit. The subset
+    depends on the data seed alone (`seed`), so every method of an experiment sees the same images."""
+    counts: dict[str, int] = {}
+    keep = []
+    for r in np.random.default_rng(derive_seed(seed, 13)).permutation(rows):
+        labels = label_sets[int(r)]
+        if all(counts.get(label, 0) < limit for label in labels):
+            keep.append(int(r))
+            for label in labels:
+                counts[label] = counts.get(label, 0) + 1
+    return sorted(keep)
 
 
 def unwrap(module: torch.nn.Module) -> torch.nn.Module:
@@ -89,6 +114,8 @@ class TrainContext:
             raise DataError(
                 f"{cfg.dataset.uri} [{cfg.dataset.train_split}]: no image has any of {cfg.dataset.label_space}"
             )
+        if cfg.dataset.max_positives is not None:
+            self.rows = limit_positives(self.rows, self.label_sets, cfg.dataset.max_positives, cfg.seed)
         self.enricher = enricher_for(self.spec, cfg.prompts)
 
     # -- devices and precision -------------------------------------------------------------
@@ -167,7 +194,9 @@ class TrainContext:
         return run(latents)
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """Latents -> images in [0, 1]; the VAE decoder is checkpointed on the gradient path."""
+        """Latents -> images in [0, 1] in the modality's channels (luma for greyscale modalities, as
+        evaluation stores them: the reward sees what evaluation sees); the VAE decoder is
+        checkpointed on the gradient path."""
         vae = self.components.vae
         scaled = latents / vae.config.scaling_factor
 
@@ -179,7 +208,7 @@ class TrainContext:
             if torch.is_grad_enabled() and self.cfg.training.gradient_checkpointing
             else run(scaled)
         )
-        return (images / 2 + 0.5).clamp(0, 1)
+        return to_modality_channels((images / 2 + 0.5).clamp(0, 1), self.spec.channels)
 
     def denoising_loss(self, rows: list[int], step: int, micro: int) -> torch.Tensor:
         """The standard epsilon / v-prediction loss on real images with their label prompts."""

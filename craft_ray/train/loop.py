@@ -30,7 +30,7 @@ from diffusers.optimization import get_scheduler
 from craft_ray.config import ExperimentConfig
 from craft_ray.errors import CraftError, EndpointError, ScoringError, TrainingError
 from craft_ray.models.diffusion import build_diffusion
-from craft_ray.train.checkpoint import restore_checkpoint, write_checkpoint
+from craft_ray.train.checkpoint import read_method_state, restore_checkpoint, warm_start, write_checkpoint
 from craft_ray.train.context import TrainContext, build_evaluator_for, derive_seed
 from craft_ray.train.guards import FrozenFingerprint
 from craft_ray.train.methods import Method, get_method
@@ -101,6 +101,8 @@ class TrainingRun:
         self.method: Method = get_method(cfg.method)
         components = build_diffusion(cfg.model.base, cfg.model.revision).freeze()
         self.trainable = self.method.trainable_parameters(components, cfg)
+        if cfg.model.init_lora and self.method.adapter == "lora":
+            warm_start(components.unet, cfg.model.init_lora)  # a resumed run overrides it with its checkpoint
         components.to(session.device)
         unet = session.prepare_model(components.unet) if self.trainable else components.unet
         evaluator = (
@@ -225,6 +227,7 @@ class TrainingRun:
             for key, vals in result.metrics.items():
                 values[key].extend(vals)
         metrics = self.mean_across_ranks(values)
+        self.method.end_step(metrics)
         metrics.update(
             grad_norm=sum(r.grad_norm for r in results) / len(results),
             step=float(step + 1),
@@ -295,6 +298,7 @@ class TrainingRun:
                     self.lr_scheduler,
                     step,
                     self.counters,
+                    self.method.state_dict(),
                 )
             self.session.report(bundle, tmp if self.session.rank == 0 else None, f"checkpoint_{step:06d}")
 
@@ -325,6 +329,7 @@ def train_loop(cfg: ExperimentConfig, session: TrainSession, run_uri: str | None
                 directory, run.method.adapter, run.ctx.unet, run.optimizer, run.lr_scheduler
             )
             run.counters.update(counters)
+            run.method.load_state_dict(read_method_state(directory))
     record_placement(session, run_uri, start)
     base_metrics = {"resumed_from": float(start), "world_size": float(session.world_size)}
     if not run.trainable or start >= cfg.training.steps:

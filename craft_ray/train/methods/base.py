@@ -61,3 +61,13 @@ class Method:
         self, ctx: TrainContext, micro_batch: Any, step: int, index: int
     ) -> tuple[torch.Tensor, dict[str, float]]:
         raise NotImplementedError
+
+    def end_step(self, metrics: dict[str, Any]) -> None:
+        """Called after every step with its metrics averaged over the ranks (the same on every rank)."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """Method state beyond the weights and the optimiser, kept in checkpoints."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what `state_dict` returned."""
