@@ -147,6 +147,12 @@ class MLLMScorer(torch.nn.Module):
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
+    @property
+    def input_size(self) -> int | None:
+        """Side of the square image a LLaVA-style model sees; None for Qwen2-VL (its adapter resizes
+        any size to patch multiples)."""
+        return getattr(self.adapter, "size", None)
+
     def _prompt(self, question: str) -> str:
         messages = [
             {
