@@ -68,6 +68,14 @@ def print_manifest(manifest, out: Path | str) -> None:
         table.add_row(key, *[str(manifest.counts[s].get(key, 0)) for s in splits])
     console.print(table)
     options = manifest.options or {}
+    converted = sum(counts.get("images", 0) for counts in manifest.counts.values())
+    filtered = int(options.get("filtered") or 0)
+    if manifest.origin != "phantom":
+        console.print(
+            f"{converted + filtered + manifest.rejects} input(s): {converted} stored, {filtered} filtered, "
+            f"{manifest.rejects} rejected",
+            highlight=False,
+        )
     for why, n in (options.get("filtered_by") or {}).items():
         console.print(f"filtered: {n} image(s): {why}", highlight=False, soft_wrap=True)
     if options.get("uncertainty") and options.get("uncertain"):
