@@ -142,7 +142,8 @@ def window_to_8bit(img: Image.Image) -> tuple[Image.Image, tuple[float, float] |
     valid = values[finite] if finite is not None else values
     lo, hi = float(valid.min()), float(valid.max())
     if hi > lo:
-        scaled = np.floor((values.astype(np.float64) - lo) * (255.0 / (hi - lo)) + 0.5)
+        # multiply before dividing: integer inputs then round exactly at .5 (25.5 -> 26, not 25)
+        scaled = np.floor((values.astype(np.float64) - lo) * 255.0 / (hi - lo) + 0.5)
     else:
         scaled = np.zeros(values.shape)
     if finite is not None:
