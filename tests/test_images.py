@@ -145,3 +145,20 @@ def test_the_service_brings_a_full_resolution_16_bit_radiograph_to_its_working_s
         "centre-cropped 2544x3056 to 2544x2544",
         "resized 2544x2544 to 32x32",
     ]
+
+
+def test_a_tensor_handed_to_the_evaluator_is_cropped_not_stretched():
+    """Direct callers of the Python API meet the same policy: a non-square tensor scores as its
+    centre square (written out by hand), not as the square it would be stretched to."""
+    from craft_ray.cas import CASEvaluator
+    from craft_ray.models import build_vlm
+
+    evaluator = CASEvaluator("chexpert", build_vlm("tiny"))
+    x = torch.rand(2, 1, 32, 44, generator=torch.Generator().manual_seed(0))
+    labels = [["Cardiomegaly"], ["Edema"]]
+    with torch.no_grad():
+        whole = evaluator.score(x, labels, evaluate=True).total
+        square = evaluator.score(x[..., 6:38].contiguous(), labels, evaluate=True).total
+        stretched = F.interpolate(x, size=(32, 32), mode="bilinear", antialias=True)  # stays in [0, 1]
+        stretched = evaluator.score(stretched, labels, evaluate=True).total
+    assert torch.allclose(whole, square, atol=1e-6) and not torch.allclose(whole, stretched, atol=1e-4)

@@ -230,3 +230,9 @@ def test_a_calibration_for_another_label_set_or_vlm_is_refused_before_any_work(
     )
     assert evaluate.returncode == 2 and "evaluation.calibration" in evaluate.stderr
     assert "Ray cluster" not in train.stderr + evaluate.stderr and not (tmp_path / "ev").exists()
+
+
+def test_help_lists_every_accepted_model_name(craft_in_process):
+    text = " ".join(craft_in_process("cas", "calibrate", "--help").stdout.split())
+    for name in ("tiny", "small", "phantom", "phantom:<modality>", "open_clip:<name>", "http(s) URL"):
+        assert name in text, name

@@ -184,6 +184,15 @@ def centre_square(img: Image.Image) -> tuple[Image.Image, tuple[int, int, int, i
     return img.crop(box), box
 
 
+def centre_square_tensor(pixels: torch.Tensor) -> torch.Tensor:
+    """Step 4 on a tensor (..., H, W): the same box as `centre_square`, differentiable (a view). For
+    models handed tensors directly, so a non-square tensor is cropped, never stretched."""
+    h, w = pixels.shape[-2:]
+    side = min(h, w)
+    top, left = (h - side) // 2, (w - side) // 2
+    return pixels[..., top : top + side, left : left + side]
+
+
 def resize_square(pixels: torch.Tensor, size: int) -> torch.Tensor:
     """([B,] C, S, S) -> ([B,] C, size, size): antialiased bicubic (the VLM's filter), clamped to
     [0, 1]. Each image of a batch is resized on its own, exactly as alone."""
