@@ -248,9 +248,9 @@ def test_bounded_load_has_no_errors(evaluator_url):
     with ThreadPoolExecutor(16) as pool:
         scores = list(pool.map(one, range(300), timeout=600))
     assert len(scores) == 300 and all(0.0 <= s <= 1.0 for s in scores)
-    assert len({round(s, 6) for s in scores}) == len(
-        {round(s, 6) for s in scores[:8]}
-    )  # batching changes no score
+    # batching changes no score beyond float noise (batch sizes differ by 3e-8; rounding to 6 digits
+    # could split two such values across a boundary)
+    assert max(abs(s - scores[i % 8]) for i, s in enumerate(scores)) < 1e-6
 
 
 def test_query_cas_command(evaluator_url, tmp_path):
