@@ -327,7 +327,9 @@ def test_cas_cli_calibrate_then_score(phantom_root, tmp_path, craft_in_process):
     assert len(orphans) == 16 and all(
         r["threshold"] is None and r["below_threshold"] is None for r in orphans
     )
-    tail = {r["group"]: r for r in _strict_json(out.with_suffix(".tail.json").read_text())}
+    document = _strict_json((tmp_path / "scores.tail.json").read_text())  # the name README states
+    assert document["images"] == 40 and document["scored"] == 40 and document["not_scored"] == {}
+    tail = {r["group"]: r for r in document["groups"]}
     assert tail["overall"]["n"] == 40 - 16 and tail["overall"]["no_threshold"] == 16  # were silently dropped
     assert (
         tail["MUC"]["no_threshold"] == 8 and tail["MUC"]["share"] is None and tail["MUC"]["threshold"] is None

@@ -252,3 +252,37 @@ def test_out_of_family_accuracy_on_the_conditioned_labels():
         probs, [0.5, 0.5, 0.5], sets, labels, labels, n_boot=100, level=0.95, seed=0, multilabel=True
     )
     assert table["accuracy"]["mean"] == pytest.approx(2 / 3) and "0.5" in table["accuracy"]["kind"]
+
+
+def test_a_missing_downstream_auroc_says_why(tmp_path):
+    """`craft evaluate` and `craft report` put the reason for a '-' AUROC under the table."""
+    from craft_ray.report.build import Evaluated, downstream_section
+    from craft_ray.report.tables import downstream_table, to_markdown
+
+    nan = float("nan")
+    per_label = {"Cardiomegaly": 0.75, "Edema": nan, "Fracture": nan}
+    downstream = {
+        "n_generated": 8,
+        "n_real": 8,
+        "n_test": 2,
+        "test_positives": {"Cardiomegaly": 1, "Edema": 0, "Fracture": 2},
+        "generated": {"per_label": per_label, "macro": 0.75},
+        "real": {"per_label": per_label, "macro": 0.75},
+    }
+    note = downstream_table({"downstream": downstream, "split": "test"}).note
+    need = "an AUROC needs at least one test image with the label and one without (at least 2 images)"
+    assert f"no AUROC for Edema: of the 2 test images none has it; {need}" in note
+    assert f"no AUROC for Fracture: of the 2 test images all 2 have it; {need}" in note
+    assert "Cardiomegaly" not in note
+    tiny = {
+        **downstream,
+        "n_test": 1,
+        "generated": {"per_label": dict.fromkeys(per_label, nan), "macro": nan},
+    }
+    run = Evaluated(
+        tmp_path, {"model": "r1", "dataset": "chexpert", "downstream": tiny, "split": "test"}, {}, None
+    )
+    markdown = downstream_section([run], tmp_path)
+    assert "r1: no AUROC: the test split has 1 image(s) with these labels" in markdown
+    complete = {**downstream, "generated": {"per_label": {"Cardiomegaly": 0.7}, "macro": 0.7}}
+    assert "no AUROC" not in to_markdown(downstream_table({"downstream": complete, "split": "test"}))

@@ -8,18 +8,19 @@ path, with that reference) gives, per label, the q-quantile threshold tau_y and 
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 
 from craft_ray.cas.dimensions import RealismReference
 from craft_ray.cas.score import CASEvaluator, EvaluatorSpec, build_evaluator
-from craft_ray.data.reading import ImageParquetDataset, collate_examples
+from craft_ray.data.reading import ImageParquetDataset, collate_examples, read_table
 from craft_ray.errors import ConfigError, DataError
 from craft_ray.outputs import write_text_atomic
 
@@ -41,6 +42,7 @@ class Calibration:
     distribution: dict[str, Any]  # overall and per-label summaries of real-image CAS
     reference: RealismReference
     skipped: int = 0  # images without any label of the evaluator's label space
+    skipped_reasons: dict[str, int] = field(default_factory=dict)  # NOT_SCORED status -> images
     # the real images' CAS and label sets ({"cas": [...], "labels": [[...], ...]}): the data the
     # thresholds are quantiles of, so intervals can redraw them (None in version-1 files)
     real: dict[str, list] | None = None
@@ -106,6 +108,44 @@ class ScoredBatch:
     images: torch.Tensor
     label_sets: list[list[str]]
     image_ids: list[str]
+    splits: list[str]
+
+
+# Why an image gets no CAS (a CAS needs at least one label of the evaluator's label space).
+NOT_SCORED = {
+    "no_labels": "no positive label",
+    "only_uncertain": "only uncertain labels",
+    "outside_label_space": "no label in the evaluator's label space",
+    "rejected": "rejected on input (file missing or unreadable, unknown label)",
+}
+
+
+@dataclass
+class NotScored:
+    """An input image that gets no score, with its reason (`status` is a key of NOT_SCORED)."""
+
+    image_id: str
+    split: str
+    labels: list[str]
+    uncertain_labels: list[str]
+    status: str
+    reason: str
+
+
+def scoring_status(
+    labels: Sequence[str], uncertain: Sequence[str], scored_labels: Sequence[str]
+) -> tuple[str, str] | None:
+    """(status, reason) when an image with these positive and uncertain labels cannot be scored
+    by an evaluator of `scored_labels`; None when it can."""
+    if any(label in scored_labels for label in labels):
+        return None
+    if labels:
+        return "outside_label_space", (
+            f"labels {list(labels)} are outside the evaluator's label space ({', '.join(scored_labels)})"
+        )
+    if uncertain:
+        return "only_uncertain", f"only uncertain labels ({', '.join(uncertain)}), no positive one"
+    return "no_labels", "no positive label"
 
 
 def iterate_images(
@@ -114,28 +154,52 @@ def iterate_images(
     labels: Sequence[str],
     batch_size: int,
     limit: int | None = None,
-    skipped: list[str] | None = None,
+    not_scored: list[NotScored] | None = None,
+    size: int | None = None,
 ) -> Iterator[ScoredBatch]:
-    """Batches of images with their label sets restricted to `labels`; rows left with no label are
-    skipped (their ids appended to `skipped`)."""
+    """Batches of images through the one image path (centre square, resized to `size`, the
+    evaluator's working size) with their label sets restricted to `labels`. Images that cannot be
+    scored are not decoded: each is appended to `not_scored` with its reason. `limit` caps the
+    images yielded."""
     seen = 0
     for split in splits:
-        dataset = ImageParquetDataset(uri, split, labels=labels)
-        for batch in DataLoader(dataset, batch_size=batch_size, collate_fn=collate_examples):
-            keep = [i for i, ls in enumerate(batch["labels"]) if ls]
-            if skipped is not None:
-                skipped.extend(batch["image_id"][i] for i in range(len(batch["labels"])) if i not in keep)
-            if limit is not None:
-                keep = keep[: max(0, limit - seen)]
-            if keep:
-                seen += len(keep)
-                yield ScoredBatch(
-                    batch["pixel_values"][keep],
-                    [batch["labels"][i] for i in keep],
-                    [batch["image_id"][i] for i in keep],
-                )
-            if limit is not None and seen >= limit:
-                return
+        dataset = ImageParquetDataset(uri, split, labels=labels, resolution=size)
+        meta = dataset.metadata
+        keep = []
+        for i, (image_id, positive, uncertain) in enumerate(
+            zip(
+                meta.column("image_id").to_pylist(),
+                meta.column("labels").to_pylist(),
+                meta.column("uncertain_labels").to_pylist(),
+                strict=True,
+            )
+        ):
+            status = scoring_status(positive, uncertain, labels)
+            if status is None:
+                keep.append(i)
+            elif not_scored is not None:
+                not_scored.append(NotScored(image_id, split, positive, uncertain, *status))
+        if limit is not None:
+            keep = keep[: max(0, limit - seen)]
+        if not keep:
+            continue
+        for batch in DataLoader(Subset(dataset, keep), batch_size=batch_size, collate_fn=collate_examples):
+            seen += len(batch["labels"])
+            yield ScoredBatch(
+                batch["pixel_values"], batch["labels"], batch["image_id"], [split] * len(batch["labels"])
+            )
+
+
+def count_scorable(uri: str, splits: Sequence[str], labels: Sequence[str]) -> int:
+    """How many images of `splits` have a label of `labels` (progress-bar totals)."""
+    total = 0
+    for split in splits:
+        meta = read_table(uri, split, columns=["labels", "uncertain_labels"])
+        for positive, uncertain in zip(
+            meta.column("labels").to_pylist(), meta.column("uncertain_labels").to_pylist(), strict=True
+        ):
+            total += scoring_status(positive, uncertain, labels) is None
+    return total
 
 
 def _summary(values: np.ndarray) -> dict[str, Any]:
@@ -159,11 +223,11 @@ def calibrate(
     if not 0.0 < q < 1.0:
         raise ConfigError(f"quantile q must be in (0, 1), got {q}")
     evaluator = build_evaluator(spec)
-    labels = evaluator.labels
-    total = min(len(ImageParquetDataset(uri, split)), limit or 10**12)
+    labels, size = evaluator.labels, evaluator.input_size
+    total = min(count_scorable(uri, [split], labels), limit or 10**12)
 
     embeddings, skipped = [], []
-    for batch in iterate_images(uri, [split], labels, batch_size, limit, skipped):
+    for batch in iterate_images(uri, [split], labels, batch_size, limit, skipped, size):
         embeddings.append(evaluator.embed(batch.images))
         if progress:
             progress(sum(len(e) for e in embeddings), total, "calibrating CAS: embedding real images (1/2)")
@@ -177,7 +241,7 @@ def calibrate(
     )
 
     scores, label_sets, done = [], [], 0
-    for batch in iterate_images(uri, [split], labels, batch_size, limit):
+    for batch in iterate_images(uri, [split], labels, batch_size, limit, size=size):
         scores.extend(evaluator.score(batch.images, batch.label_sets, evaluate=True).total.tolist())
         label_sets.extend(batch.label_sets)
         done += len(batch.label_sets)
@@ -201,6 +265,7 @@ def calibrate(
         distribution={"overall": _summary(scores_arr), "per_label": per_label},
         reference=evaluator.reference,
         skipped=len(skipped),
+        skipped_reasons=dict(Counter(n.status for n in skipped)),
         real={"cas": [float(x) for x in scores_arr], "labels": [list(ls) for ls in label_sets]},
     )
 
@@ -211,14 +276,21 @@ def score_images(
     splits: Sequence[str],
     batch_size: int = 32,
     progress: ProgressFn | None = None,
-) -> tuple[list[dict[str, Any]], list[str]]:
-    """Per-image evaluation-path scores of a canonical dataset; returns (rows, skipped image ids)."""
-    rows, skipped = [], []
-    total = sum(len(ImageParquetDataset(uri, s)) for s in splits)
-    for batch in iterate_images(uri, splits, evaluator.labels, batch_size, skipped=skipped):
+) -> tuple[list[dict[str, Any]], list[NotScored]]:
+    """Evaluation-path scores of every scorable image of a canonical dataset (through the one image
+    path at the evaluator's working size); returns (rows, images that got no score with why)."""
+    rows: list[dict[str, Any]] = []
+    not_scored: list[NotScored] = []
+    total = count_scorable(uri, splits, evaluator.labels)
+    batches = iterate_images(
+        uri, splits, evaluator.labels, batch_size, not_scored=not_scored, size=evaluator.input_size
+    )
+    for batch in batches:
         result = evaluator.score(batch.images, batch.label_sets, evaluate=True)
-        for image_id, labels, scores in zip(batch.image_ids, batch.label_sets, result.rows(), strict=True):
-            rows.append({"image_id": image_id, "labels": labels, **scores})
+        for image_id, split, labels, scores in zip(
+            batch.image_ids, batch.splits, batch.label_sets, result.rows(), strict=True
+        ):
+            rows.append({"image_id": image_id, "split": split, "labels": labels, **scores})
         if progress:
-            progress(len(rows) + len(skipped), total)
-    return rows, skipped
+            progress(len(rows), total)
+    return rows, not_scored

@@ -133,6 +133,13 @@ class CASEvaluator:
         }
 
     @property
+    def input_size(self) -> int:
+        """Side of the square images the VLM sees: the working size every scoring path brings
+        images to (`craft_ray.data.images.prepare`), so the VLM itself never resizes them."""
+        size = self.vlm.image_size
+        return int(size[0] if isinstance(size, tuple | list) else size)
+
+    @property
     def reference(self) -> RealismReference | None:
         return self.realism.reference
 

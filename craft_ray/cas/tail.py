@@ -110,3 +110,22 @@ def tail_report(
     )
     rows.append(_row("overall", scores_arr, per_image, None, level))
     return rows
+
+
+def tail_document(rows: Sequence[TailRow], images: int, not_scored: Mapping[str, int]) -> dict:
+    """What `craft cas score` writes as its tail report: the totals, which add up (`images` =
+    `scored` + the `not_scored` counts; `scored` = the overall row's n + nan_scores + no_threshold),
+    and one row per label plus `overall`."""
+    overall = rows[-1]
+    scored = overall.n + overall.nan_scores + overall.no_threshold
+    if scored + sum(not_scored.values()) != images:
+        raise ValueError(f"{images} images but {scored} scored and {sum(not_scored.values())} not scored")
+    return {
+        "images": images,
+        "scored": scored,
+        "in_shares": overall.n,
+        "nan_scores": overall.nan_scores,
+        "no_threshold": overall.no_threshold,
+        "not_scored": dict(not_scored),
+        "groups": [r.as_json() for r in rows],
+    }

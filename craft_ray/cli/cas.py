@@ -93,10 +93,16 @@ def cas_calibrate(
     ] = None,
     vlm: Annotated[
         str | None,
-        typer.Option(help="CLIP-family scorer: tiny | small | path | open_clip:<name> (default: tiny)"),
+        typer.Option(
+            help="CLIP-family scorer: tiny | small | phantom (shipped, the dataset's modality) | "
+            "phantom:<modality> | path | hub id | open_clip:<name> (default: tiny)"
+        ),
     ] = None,
     mllm: Annotated[
-        str | None, typer.Option(help="VQA scorer for checklists: tiny | path | http URL")
+        str | None,
+        typer.Option(
+            help="VQA scorer for checklists: tiny | path | hub id | http(s) URL of an OpenAI-style server"
+        ),
     ] = None,
     weights: Annotated[
         str | None, typer.Option(help="e.g. pathology=1,checklist=1,anatomy=1,realism=1")
@@ -157,7 +163,61 @@ def _print_calibration(calibration, data: str, split: str, q: float) -> None:
             soft_wrap=True,
         )
     if calibration.skipped:
-        console.print(f"[yellow]{calibration.skipped} image(s) had none of the labels and were skipped")
+        from craft_ray.cas.calibration import NOT_SCORED
+
+        reasons = ", ".join(f"{n} {NOT_SCORED.get(k, k)}" for k, n in calibration.skipped_reasons.items())
+        console.print(
+            f"[yellow]{calibration.skipped} image(s) not used: {reasons or 'none of the labels'}",
+            highlight=False,
+            soft_wrap=True,
+        )
+
+
+def tail_path_for(out: Path) -> Path:
+    """Where `score` writes the tail report: --out with .tail.json in place of its suffix
+    (scores.parquet -> scores.tail.json)."""
+    return out.with_suffix(".tail.json")
+
+
+SCORE_SCHEMA_FIELDS = [
+    ("image_id", "string"),
+    ("split", "string"),
+    ("labels", "list"),
+    ("status", "string"),
+    ("reason", "string"),
+    ("cas", "float64"),
+    ("pathology", "float64"),
+    ("checklist", "float64"),
+    ("anatomy", "float64"),
+    ("realism", "float64"),
+    ("threshold", "float64"),
+    ("below_threshold", "bool"),
+]
+
+
+def _score_table(rows: list[dict]):
+    import pyarrow as pa
+
+    types = {
+        "string": pa.string(),
+        "list": pa.list_(pa.string()),
+        "float64": pa.float64(),
+        "bool": pa.bool_(),
+    }
+    schema = pa.schema([(name, types[kind]) for name, kind in SCORE_SCHEMA_FIELDS])
+    return pa.Table.from_pylist([{k: row.get(k) for k in schema.names} for row in rows], schema=schema)
+
+
+def _folder_rejects(uri: str):
+    """The rows of an --images folder that could not be read, as NotScored entries."""
+    import pyarrow.parquet as pq
+
+    from craft_ray.cas.calibration import NotScored
+    from craft_ray.data.folder import FOLDER_SPLIT
+    from craft_ray.data.schema import REJECTS_NAME
+
+    rejects = pq.read_table(Path(uri) / REJECTS_NAME).to_pylist()
+    return [NotScored(r["source"], FOLDER_SPLIT, [], [], "rejected", r["reason"]) for r in rejects]
 
 
 @app.command("score")
@@ -165,60 +225,114 @@ def cas_score(
     images: Annotated[
         str,
         typer.Option(
-            help="dataset directory or URI, or a folder of PNG/JPEG files with labels.csv (file, labels)"
+            help="dataset directory or URI, or a folder of PNG/JPEG/TIFF files with labels.csv (file, labels)"
         ),
     ],
     thresholds: Annotated[Path, typer.Option(help="calibration JSON from `craft cas calibrate`")],
     out: Annotated[
-        Path, typer.Option(help="per-image scores parquet to write (the tail report goes beside it)")
+        Path,
+        typer.Option(
+            help="per-image scores parquet to write; the tail report goes beside it as <name>.tail.json "
+            "(scores.parquet -> scores.tail.json)"
+        ),
     ],
     split: Annotated[list[str] | None, typer.Option(help="split(s) to score (default: all)")] = None,
     batch_size: Annotated[int, typer.Option(min=1)] = 32,
     overwrite: Annotated[bool, typer.Option(help="replace --out and its .tail.json if they exist")] = False,
 ) -> None:
-    """Score images with the calibrated evaluator; write per-image scores and the tail report."""
+    """Score images with the calibrated evaluator; write per-image scores and the tail report.
+    Every input image is a row of the scores: scored, or with the reason it could not be."""
     import json
-
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+    from collections import Counter
 
     from craft_ray.outputs import atomic_file, check_output, same_path
 
-    tail_path = out.with_suffix(".tail.json")
+    tail_path = tail_path_for(out)
     for path in (out, tail_path):  # before importing the models: a wrong --out fails at once
         if same_path(path, thresholds):
             raise CraftError(f"--out would overwrite the calibration {thresholds}; choose another --out")
         check_output(path, overwrite)
 
+    import pyarrow.parquet as pq
+
     from craft_ray.cas import Calibration, score_images, tail_report
-    from craft_ray.cas.tail import image_threshold
+    from craft_ray.cas.calibration import NOT_SCORED
+    from craft_ray.cas.tail import image_threshold, tail_document
     from craft_ray.data import read_manifest
     from craft_ray.data.folder import resolve_images
 
     calibration = Calibration.load(thresholds)
-    images = resolve_images(images, calibration.evaluator.dataset)
-    manifest = read_manifest(images)
+    uri, from_folder = resolve_images(images, calibration.evaluator.dataset)
+    manifest = read_manifest(uri)
     if manifest.dataset != calibration.evaluator.dataset:
         raise CraftError(
             f"{images} holds '{manifest.dataset}' but {thresholds} was calibrated for '{calibration.evaluator.dataset}'"
         )
     splits = split or sorted(manifest.counts)
-    _check_split(images, splits)
+    _check_split(uri, splits)
+    rejected = _folder_rejects(uri) if from_folder else []
     evaluator = calibration.evaluator_from_spec()
     with progress_bar("scoring CAS") as update:
-        rows, skipped = score_images(evaluator, images, splits, batch_size, progress=update)
+        rows, not_scored = (
+            score_images(evaluator, uri, splits, batch_size, progress=update) if splits else ([], [])
+        )
+    not_scored = [*rejected, *not_scored]
+    if not rows:
+        reasons = Counter(n.status for n in not_scored)
+        first = f"; first: {not_scored[0].image_id}: {not_scored[0].reason}" if not_scored else ""
+        raise CraftError(
+            f"no image of {images} could be scored ("
+            + ", ".join(f"{n} {NOT_SCORED[k]}" for k, n in reasons.items())
+            + f"){first}"
+        )
     for row in rows:
+        row["status"] = "scored"
         row["threshold"] = image_threshold(row["labels"], calibration.thresholds)
         known = row["threshold"] is not None and row["cas"] == row["cas"]  # NaN != NaN
         row["below_threshold"] = bool(row["cas"] < row["threshold"]) if known else None
     report = tail_report([r["cas"] for r in rows], [r["labels"] for r in rows], calibration.thresholds)
+    counts = Counter(n.status for n in not_scored)
+    document = tail_document(report, len(rows) + len(not_scored), counts)
+    table = _score_table([*rows, *(vars(n) for n in not_scored)])
     with atomic_file(out) as tmp_scores, atomic_file(tail_path) as tmp_tail:
-        pq.write_table(pa.Table.from_pylist(rows), tmp_scores)
-        tmp_tail.write_text(json.dumps([r.as_json() for r in report], indent=2, allow_nan=False) + "\n")
+        pq.write_table(table, tmp_scores)
+        tmp_tail.write_text(json.dumps(document, indent=2, allow_nan=False) + "\n")
     _print_tail(report, images, calibration.q)
-    if skipped:
-        console.print(f"[yellow]{len(skipped)} image(s) had none of the calibrated labels and were skipped")
+    _print_totals(document, not_scored, splits, manifest, from_folder, uri)
     console.print(f"wrote {out} and {tail_path}", soft_wrap=True)
+
+
+def _print_totals(
+    document: dict, not_scored, splits: list[str], manifest, from_folder: bool, uri: str
+) -> None:
+    from craft_ray.cas.calibration import NOT_SCORED
+
+    given = "images in the folder's labels.csv" if from_folder else f"images in split(s) {', '.join(splits)}"
+    console.print(
+        f"{document['images']} {given}: {document['scored']} scored ({document['in_shares']} in the shares, "
+        f"{document['nan_scores']} NaN, {document['no_threshold']} without a threshold), "
+        f"{document['images'] - document['scored']} not scored",
+        highlight=False,
+        soft_wrap=True,
+    )
+    for status, n in document["not_scored"].items():
+        example = next(x for x in not_scored if x.status == status)
+        console.print(
+            f"[yellow]  not scored: {n} image(s): {NOT_SCORED[status]} (e.g. {example.image_id}: {example.reason})",
+            highlight=False,
+            soft_wrap=True,
+        )
+    others = sorted(set(manifest.counts) - set(splits))
+    if others:
+        left = sum(manifest.counts[s]["images"] for s in others)
+        console.print(
+            f"not asked for: {left} image(s) in split(s) {', '.join(others)} (--split)", soft_wrap=True
+        )
+    if not from_folder and manifest.rejects:
+        console.print(
+            f"the dataset's conversion rejected {manifest.rejects} input(s) before this (reasons in its rejects.parquet)",
+            soft_wrap=True,
+        )
 
 
 def _print_tail(report, images: str, q: float) -> None:

@@ -67,7 +67,46 @@ def print_manifest(manifest, out: Path | str) -> None:
     for key in ["images", "patients", *manifest.label_space]:
         table.add_row(key, *[str(manifest.counts[s].get(key, 0)) for s in splits])
     console.print(table)
+    options = manifest.options or {}
+    converted = sum(counts.get("images", 0) for counts in manifest.counts.values())
+    filtered = int(options.get("filtered") or 0)
+    if manifest.origin != "phantom":
+        console.print(
+            f"{converted + filtered + manifest.rejects} input(s): {converted} stored, {filtered} filtered, "
+            f"{manifest.rejects} rejected",
+            highlight=False,
+        )
+    for why, n in (options.get("filtered_by") or {}).items():
+        console.print(f"filtered: {n} image(s): {why}", highlight=False, soft_wrap=True)
+    if options.get("uncertainty") and options.get("uncertain"):
+        policy = {
+            "ignore": "kept out of labels, listed in uncertain_labels",
+            "ones": "counted as positive",
+            "zeros": "counted as negative",
+        }.get(options["uncertainty"], options["uncertainty"])
+        notes = ", ".join(f"{why}: {n}" for why, n in options["uncertain"].items())
+        console.print(
+            f"uncertainty {options['uncertainty']} (-1 labels {policy}): {notes}",
+            highlight=False,
+            soft_wrap=True,
+        )
     if manifest.rejects:
-        console.print(f"[yellow]{manifest.rejects} input(s) rejected; reasons in {Path(out) / REJECTS_NAME}")
+        console.print(
+            f"[yellow]{manifest.rejects} input(s) rejected; reasons in {Path(out) / REJECTS_NAME}",
+            highlight=False,
+            soft_wrap=True,
+        )
     else:
         console.print("no inputs rejected")
+
+
+def print_rejects(uri: str | Path, limit: int) -> None:
+    """The first `limit` reject reasons of a local dataset directory."""
+    import pyarrow.parquet as pq
+
+    from craft_ray.data.schema import REJECTS_NAME
+
+    path = Path(uri) / REJECTS_NAME
+    if limit and path.is_file():
+        for row in pq.read_table(path).slice(0, limit).to_pylist():
+            console.print(f"  {row['source']}: {row['reason']}", highlight=False, soft_wrap=True)

@@ -15,8 +15,10 @@ app = typer.Typer(help="Check experiment configs.", no_args_is_help=True)
 
 @app.command("validate")
 def config_validate(files: Annotated[list[Path], typer.Argument(help="experiment YAML file(s)")]) -> None:
-    """Check experiment YAMLs (or sweep specs) against the typed config: every file is checked and
-    reported; exit status 2 if any is invalid."""
+    """Check experiment YAMLs (or sweep specs) against the typed config, and the calibrations they
+    name (reward.calibration, evaluation.calibration) against the config's dataset, VLM and labels:
+    every file is checked and reported; exit status 2 if any is invalid."""
+    from craft_ray.cli.preflight import check_calibrations
     from craft_ray.config import load_config
     from craft_ray.tune.spec import is_sweep_spec
 
@@ -27,6 +29,10 @@ def config_validate(files: Annotated[list[Path], typer.Argument(help="experiment
                 validate_sweep_spec(path)
                 continue
             cfg = load_config(path)
+            try:  # a calibration made for another dataset, VLM or label set
+                check_calibrations(cfg)
+            except ConfigError as exc:
+                raise ConfigError(f"{path}: {exc}") from None
         except ConfigError as exc:
             invalid += 1
             err_console.print(f"[red]invalid[/red] {exc}", highlight=False, soft_wrap=True)
@@ -45,8 +51,26 @@ def validate_sweep_spec(path: Path) -> None:
 
     spec = load_spec(path)
     plan = plan_sweep(spec, path, "<sweep>", with_data=False)
+    check_sweep_calibrations(plan)
     console.print(
         f"[green]ok[/green] {path}: sweep {spec.name}: {len(plan.trials)} trials "
         f"({len(spec.datasets)} datasets x {len(spec.methods)} methods)",
         soft_wrap=True,
     )
+
+
+def check_sweep_calibrations(plan) -> None:
+    """Every trial's named calibrations (see `check_calibrations`), the trial named in the error."""
+    from craft_ray.cli.preflight import check_calibrations
+
+    checked: set[tuple] = set()
+    for trial in plan.trials:
+        key = (trial.cfg.reward.calibration, trial.cfg.evaluation.calibration, trial.cfg.method)
+        key += (trial.cfg.model.vlm, tuple(trial.cfg.dataset.label_space))
+        if key in checked:
+            continue
+        checked.add(key)
+        try:
+            check_calibrations(trial.cfg)
+        except ConfigError as exc:
+            raise ConfigError(f"trial {trial.name}: {exc}") from None

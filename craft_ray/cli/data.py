@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from craft_ray.cli.common import console, print_manifest, progress_bar
+from craft_ray.cli.common import print_manifest, print_rejects, progress_bar
 from craft_ray.errors import CraftError
 
 app = typer.Typer(
@@ -21,7 +21,10 @@ def data_convert(
     source: Annotated[Path, typer.Option(help="the dataset in its public on-disk layout")],
     out: Annotated[Path, typer.Option(help="output directory (must be empty or absent)")],
     size: Annotated[
-        int | None, typer.Option(help="resize to SIZE x SIZE (shorter side, centre crop)")
+        int | None,
+        typer.Option(
+            help="store SIZE x SIZE images (centre square, bicubic resize; default: each image at its own size)"
+        ),
     ] = None,
     seed: Annotated[int, typer.Option(help="seed of the patient-level split")] = 0,
     splits: Annotated[str, typer.Option(help="split fractions")] = "train=0.8,val=0.1,test=0.1",
@@ -58,6 +61,7 @@ def data_convert(
     with progress_bar(f"converting {dataset}") as update:
         manifest = convert(dataset, source, out, options, progress=update, overwrite=overwrite)
     print_manifest(manifest, out)
+    print_rejects(out, 5)
 
 
 @app.command("phantom")
@@ -88,14 +92,9 @@ def data_summary(
     rejects: Annotated[int, typer.Option(help="show this many reject reasons")] = 10,
 ) -> None:
     """Print a dataset's counts per split and label, and its first reject reasons."""
-    import pyarrow.parquet as pq
-
     from craft_ray.data import read_manifest
-    from craft_ray.data.schema import REJECTS_NAME
 
     manifest = read_manifest(uri)
     print_manifest(manifest, uri)
-    rejects_path = Path(uri) / REJECTS_NAME
-    if manifest.rejects and rejects_path.exists() and rejects:
-        for row in pq.read_table(rejects_path).slice(0, rejects).to_pylist():
-            console.print(f"  {row['source']}: {row['reason']}")
+    if manifest.rejects:
+        print_rejects(uri, rejects)

@@ -86,6 +86,7 @@ def evaluate(
 ) -> None:
     """Generate images per label with Ray Data, score them (CAS, out-of-family classifier) and
     write RUN_DIR/eval: scores.parquet, images/, metrics.json; compare with each --baseline."""
+    from craft_ray.cli.preflight import check_calibrations
     from craft_ray.evaluation import EvalRequest, open_run
     from craft_ray.evaluation import evaluate as run_evaluation
     from craft_ray.raycluster import ensure_ray
@@ -101,6 +102,7 @@ def evaluate(
         out=out,
         overwrite=overwrite,
     )
+    check_calibrations(main.cfg, reward=False)  # evaluation.calibration: before Ray starts
     reporter = CliReporter()
     logging.getLogger("ray.data").setLevel(logging.ERROR)  # our progress bars replace Ray Data's logs
     if address:

@@ -29,7 +29,10 @@ def _labels(text: str) -> list[str]:
 def query_cas(
     url: Annotated[str, typer.Option(help="evaluator base URL, e.g. http://127.0.0.1:8000")],
     dataset: Annotated[str, typer.Option(help="dataset whose evaluator scores the images")],
-    image: Annotated[list[Path], typer.Option(help="PNG/JPEG file (repeat for several)")],
+    image: Annotated[
+        list[Path],
+        typer.Option(help="PNG/JPEG/TIFF file, 8 or 16 bit, any size (repeat for several)"),
+    ],
     labels: Annotated[str, typer.Option(help="comma-separated labels of every image")],
     api_key: Annotated[
         str | None, typer.Option(help=f"bearer key (default: ${API_KEY_ENV} when set)")
@@ -55,6 +58,10 @@ def query_cas(
             path.name, *("-" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v) for v in cells)
         )
     console.print(table)
+    for path, result in zip(image, answer["results"], strict=True):  # what the service did to each image
+        steps = (result.get("preprocessing") or {}).get("steps")
+        if steps:
+            console.print(f"{path.name}: {'; '.join(steps)}", highlight=False, soft_wrap=True)
 
 
 @app.command("mllm")

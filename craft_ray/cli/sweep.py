@@ -46,6 +46,7 @@ def sweep(
     def say(text: str) -> None:
         err_console.print(escape(text), highlight=False, soft_wrap=True)
 
+    check_sweep(spec)  # the trials' named calibrations: before Ray starts
     result = run_sweep(spec, storage, resume, address, say=say, console=err_console)
     counts: dict[str, int] = {}
     for status in result.table.column("status").to_pylist():
@@ -71,3 +72,11 @@ def sweep(
             f"[yellow]{len(result.unfinished)} trial(s) unfinished[/yellow]: run the same command again to continue"
         )
         sys.exit(130)
+
+
+def check_sweep(spec_path: Path) -> None:
+    from craft_ray.cli.config import check_sweep_calibrations
+    from craft_ray.tune.plan import plan_sweep
+    from craft_ray.tune.spec import load_spec
+
+    check_sweep_calibrations(plan_sweep(load_spec(spec_path), spec_path, "<sweep>", with_data=False))

@@ -11,14 +11,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import torch
 from torch.utils.data import Dataset
 
-from craft_ray.data.images import decode_png
+from craft_ray.data.images import ImageDecodeError, prepare_image
 from craft_ray.data.schema import MANIFEST_NAME, METADATA_COLUMNS, SCHEMA_VERSION, Manifest
 from craft_ray.errors import DataError
 from craft_ray.knowledge.labels import dataset_for_modality
@@ -75,14 +74,12 @@ def read_table(uri: str, split: str, columns: Sequence[str] | None = None) -> pa
 
 
 def image_to_tensor(png: bytes, channels: int, resolution: int | None = None) -> torch.Tensor:
-    """PNG bytes -> float tensor (C, H, W) in [0, 1], resized (antialiased bilinear) when asked."""
-    arr = decode_png(png, channels)
-    tensor = torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1).float().div_(255.0)
-    if resolution is not None and tuple(tensor.shape[-2:]) != (resolution, resolution):
-        tensor = torch.nn.functional.interpolate(
-            tensor[None], size=(resolution, resolution), mode="bilinear", antialias=True, align_corners=False
-        )[0].clamp_(0.0, 1.0)
-    return tensor
+    """Stored image bytes -> the model input (C, S, S) float in [0, 1] through the one image path
+    (`craft_ray.data.images.prepare_image`: centre square, resized to `resolution` when given)."""
+    try:
+        return prepare_image(png, channels, resolution)
+    except ImageDecodeError as exc:
+        raise ImageDecodeError(f"stored image bytes cannot be decoded: {exc}") from None
 
 
 class ImageParquetDataset(Dataset):

@@ -175,7 +175,13 @@ def downstream(table: pa.Table, cfg: ExperimentConfig, labels: list[str], real: 
     if not spec.multilabel:
         keep = [i for i, ls in enumerate(test_sets) if len(ls) == 1]
         test_images, test_sets = test_images[keep], [test_sets[i] for i in keep]
-    out: dict[str, Any] = {"n_generated": len(gen_sets), "n_real": len(real_sets), "n_test": len(test_sets)}
+    out: dict[str, Any] = {
+        "n_generated": len(gen_sets),
+        "n_real": len(real_sets),
+        "n_test": len(test_sets),
+        # per label, test images that have it: an AUROC needs at least one with and one without
+        "test_positives": {label: sum(label in ls for ls in test_sets) for label in labels},
+    }
     for name, images, sets in (("generated", gen_images, gen_sets), ("real", real_images, real_sets)):
         card = ClassifierCard(
             spec.name,

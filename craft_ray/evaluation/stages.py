@@ -21,7 +21,7 @@ import torch
 from craft_ray.cas.calibration import Calibration
 from craft_ray.cas.score import DIMENSIONS, build_evaluator
 from craft_ray.cas.tail import image_threshold
-from craft_ray.data.images import encode_png
+from craft_ray.data.images import encode_png, resize_square
 from craft_ray.data.reading import image_to_tensor
 from craft_ray.evaluation.audit import item_probabilities
 from craft_ray.evaluation.generation import ImageGenerator, SamplerSettings
@@ -73,6 +73,7 @@ def _fetch(payload: list | dict[str, Any]) -> dict[str, Any]:
 
 
 def decode_batch(table: pa.Table, channels: int) -> torch.Tensor:
+    """The images of a batch through the one image path (`craft_ray.data.images`), at their size."""
     return torch.stack([image_to_tensor(png, channels) for png in table.column("image").to_pylist()])
 
 
@@ -123,7 +124,9 @@ class ScoreStage:
         self.embedding = embedding
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        images = decode_batch(batch, self.channels).to(_device())
+        decoded = decode_batch(batch, self.channels)
+        # the evaluator's working size, to which `cas score` and the CAS service bring real images
+        images = resize_square(decoded, self.evaluator.input_size).to(_device())
         label_sets = batch.column("labels").to_pylist()
         result = self.evaluator.score(images, label_sets, evaluate=True)
         values: dict[str, list] = {"cas": result.total.float().cpu().tolist()}
@@ -138,7 +141,7 @@ class ScoreStage:
         audit = item_probabilities(self.evaluator, images, label_sets)
         values["audit_items"] = [[item for item, _ in row] for row in audit]
         values["audit_p"] = [[p for _, p in row] for row in audit]
-        emb = self.evaluator.embed(images) if self.embedding == "vlm" else pixel_embedding(images)
+        emb = self.evaluator.embed(images) if self.embedding == "vlm" else pixel_embedding(decoded)
         values["embedding"] = [e.tolist() for e in emb.float().cpu().numpy()]
         return _with_columns(batch, SCORE_FIELDS, values)
 

@@ -31,6 +31,7 @@ from PIL import Image
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
+from craft_ray.data.images import centre_square_tensor
 from craft_ray.errors import EndpointError, ModelError, ScoringError
 from craft_ray.models.tokenizer import tiny_chat_tokenizer
 from craft_ray.models.vlm import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, prepare_pixels
@@ -147,6 +148,12 @@ class MLLMScorer(torch.nn.Module):
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
+    @property
+    def input_size(self) -> int | None:
+        """Side of the square image a LLaVA-style model sees; None for Qwen2-VL (its adapter resizes
+        any size to patch multiples)."""
+        return getattr(self.adapter, "size", None)
+
     def _prompt(self, question: str) -> str:
         messages = [
             {
@@ -160,6 +167,9 @@ class MLLMScorer(torch.nn.Module):
         """(B, vocab) log-probabilities of the first answer token. Differentiable in `images`."""
         if images.shape[0] != len(questions):
             raise ScoringError(f"{images.shape[0]} images but {len(questions)} questions")
+        images = centre_square_tensor(
+            images
+        )  # before the placeholders: Qwen2-VL's token count follows the size
         h, w = images.shape[-2:]
         placeholders = [Image.new("RGB", (int(w), int(h)))] * len(questions)
         enc = self.processor(

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
 
+from craft_ray.data.images import centre_square_tensor
 from craft_ray.errors import ModelError
 from craft_ray.models.phantom import is_phantom, phantom_vlm_dir
 from craft_ray.models.tokenizer import text_config_ids, tiny_clip_tokenizer
@@ -54,7 +55,10 @@ VLM_PRESETS = {
 def prepare_pixels(
     images: torch.Tensor, size: int, mean: Sequence[float], std: Sequence[float]
 ) -> torch.Tensor:
-    """[0, 1] images -> model input: grey to RGB, antialiased bicubic resize, normalise. Differentiable."""
+    """[0, 1] images -> model input: grey to RGB, centre square, antialiased bicubic resize, normalise.
+    Differentiable. The square crop is the one image path's (craft_ray.data.images): scoring paths
+    hand over images already at `size`, so only direct callers with other tensors meet it here."""
+    images = centre_square_tensor(images)
     if images.shape[1] == 1:
         images = images.expand(-1, 3, -1, -1)
     if images.shape[-2:] != (size, size):

@@ -25,7 +25,7 @@ from craft_ray.evaluation.grids import image_grid
 from craft_ray.evaluation.store import CALIBRATION, IMAGES, METRICS, PAIRS_PNG, SCORES, SETTINGS
 from craft_ray.outputs import atomic_dir, check_output
 from craft_ray.report import figures
-from craft_ray.report.tables import Table, num, pct, to_markdown, with_ci
+from craft_ray.report.tables import Table, auroc_gaps, num, pct, to_markdown, with_ci
 
 REPORT_NAME = "report.md"
 FIGURES = "figures"
@@ -336,6 +336,7 @@ def downstream_section(runs: list[Evaluated], fig_dir: Path) -> str:
         "Downstream classification: AUROC on the real test split (CNN trained on generated vs as many real images)",
         ["dataset", "model", "method", "macro (generated)", "macro (real)", "per label (generated / real)"],
     )
+    gaps: list[str] = []
     for r in runs:
         d = r.metrics["downstream"]
         per = ", ".join(
@@ -345,6 +346,8 @@ def downstream_section(runs: list[Evaluated], fig_dir: Path) -> str:
         table.rows.append(
             [r.dataset, r.name, r.method, num(d["generated"]["macro"]), num(d["real"]["macro"]), per]
         )
+        gaps.extend(f"{r.name}: {line}" for line in auroc_gaps(d, r.metrics["split"]))
+    table.note = "; ".join(gaps)  # why a cell is '-'
     return "## Downstream classification\n\n" + to_markdown(table)
 
 

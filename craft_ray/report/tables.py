@@ -174,11 +174,36 @@ def out_of_family_table(metrics: dict[str, Any]) -> Table:
     return table
 
 
+def auroc_gaps(downstream: dict[str, Any], split: str) -> list[str]:
+    """Why downstream AUROCs are missing ('-'): an AUROC needs at least one test image with the
+    label and one without, so at least 2 test images; one line per reason, none when all exist."""
+    n = downstream.get("n_test", 0)
+    positives = downstream.get("test_positives")
+    per_label = downstream.get("generated", {}).get("per_label", {})
+    missing = [
+        label for label, v in per_label.items() if v is None or (isinstance(v, float) and math.isnan(v))
+    ]
+    if not missing:
+        return []
+    need = "an AUROC needs at least one test image with the label and one without (at least 2 images)"
+    if n < 2:
+        return [f"no AUROC: the {split} split has {n} image(s) with these labels; {need}"]
+    if positives is None:  # an evaluation written before the counts were kept
+        return [f"no AUROC for {', '.join(missing)}: the {split} split has {n} images; {need}"]
+    lines = []
+    for label in missing:
+        p = positives.get(label, 0)
+        side = "none has it" if p == 0 else f"all {n} have it"
+        lines.append(f"no AUROC for {label}: of the {n} {split} images {side}; {need}")
+    return lines
+
+
 def downstream_table(metrics: dict[str, Any]) -> Table:
     d = metrics["downstream"]
     table = Table(
         f"Downstream classification: AUROC on the real {metrics['split']} split ({d['n_test']} images)",
         ["label", f"trained on {d['n_generated']} generated", f"trained on {d['n_real']} real"],
+        note="; ".join(auroc_gaps(d, metrics["split"])),
     )
     for label in d["generated"]["per_label"]:
         table.rows.append(

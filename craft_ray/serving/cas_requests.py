@@ -10,7 +10,7 @@ import torch
 
 from craft_ray.knowledge.labels import DatasetSpec
 from craft_ray.serving.evaluator_config import Limits
-from craft_ray.serving.images import ImageInputError, image_from_base64
+from craft_ray.serving.images import ImageInputError, prepared_from_base64
 
 
 class RequestError(Exception):
@@ -33,8 +33,9 @@ class RequestError(Exception):
 
 @dataclass
 class CASItem:
-    image: torch.Tensor  # (C, H, W) in [0, 1], C = the dataset's channels
+    image: torch.Tensor  # (C, S, S) in [0, 1], C = the dataset's channels, S = the working size
     labels: list[str]
+    preprocessing: dict[str, Any] | None = None  # what the image path did (returned with the result)
 
 
 @dataclass
@@ -72,7 +73,7 @@ def _labels(raw: Any, spec: DatasetSpec, where: str) -> list[str]:
     return list(dict.fromkeys(raw))
 
 
-def _item(raw: Any, spec: DatasetSpec, limits: Limits, where: str) -> CASItem:
+def _item(raw: Any, spec: DatasetSpec, limits: Limits, where: str, size: int | None) -> CASItem:
     if not isinstance(raw, dict):
         raise RequestError(f"{where} must be an object with image and labels", field=where)
     missing = [k for k in ("image", "labels") if k not in raw]
@@ -81,16 +82,19 @@ def _item(raw: Any, spec: DatasetSpec, limits: Limits, where: str) -> CASItem:
     labels = _labels(raw["labels"], spec, where)
     if not isinstance(raw["image"], str):
         raise RequestError(f"{where}.image must be a base64 string", field=where)
-    try:
-        image = image_from_base64(
-            raw["image"], spec.channels, limits.max_image_bytes, limits.max_image_pixels
+    try:  # the one image path: windowed to 8 bits, centre square, resized to the working size
+        prepared = prepared_from_base64(
+            raw["image"], spec.channels, limits.max_image_bytes, limits.max_image_pixels, size
         )
     except ImageInputError as exc:
         raise RequestError(f"{where}.image: {exc}", status=exc.status, field=where) from None
-    return CASItem(image, labels)
+    return CASItem(prepared.pixels, labels, prepared.info.as_json())
 
 
-def parse_cas_request(raw: bytes, specs: dict[str, DatasetSpec], limits: Limits) -> CASRequest:
+def parse_cas_request(
+    raw: bytes, specs: dict[str, DatasetSpec], limits: Limits, sizes: dict[str, int] | None = None
+) -> CASRequest:
+    """`sizes`: each dataset's working size (its evaluator's input size); images are brought to it."""
     body = parse_json_body(raw)
     unknown = sorted(set(body) - {"dataset", "items"})
     if unknown:
@@ -117,4 +121,5 @@ def parse_cas_request(raw: bytes, specs: dict[str, DatasetSpec], limits: Limits)
             f"{len(items)} items, over the limit of {limits.max_items} per request", status=413, field="items"
         )
     spec = specs[dataset]
-    return CASRequest(dataset, [_item(raw, spec, limits, f"items[{i}]") for i, raw in enumerate(items)])
+    size = (sizes or {}).get(dataset)
+    return CASRequest(dataset, [_item(raw, spec, limits, f"items[{i}]", size) for i, raw in enumerate(items)])

@@ -34,23 +34,31 @@ def _image_url(part: Mapping[str, Any]) -> str:
     return url
 
 
-def convert_part(part: Any, images: list[torch.Tensor]) -> dict[str, str]:
+def convert_part(part: Any, images: list[torch.Tensor], image_size: int | None = None) -> dict[str, str]:
     part = _part_dict(part)
     kind = part.get("type")
     if kind == "text":
         return {"type": "text", "text": str(part.get("text", ""))}
     if kind == "image_url":
         try:
-            images.append(image_from_base64(_image_url(part), None, MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS))
+            # the one image path (craft_ray.data.images): 8 bits, centre square, the model's size
+            url = _image_url(part)
+            image = image_from_base64(
+                url, None, MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS, size=image_size, crop=True
+            )
+            images.append(image)
         except ImageInputError as exc:
             raise ChatInputError(f"image_url: {exc}") from None
         return {"type": "image"}
     raise ChatInputError(f"message content part type {kind!r} is not supported (text, image_url)")
 
 
-def convert_messages(messages: Iterable[Any]) -> tuple[list[dict[str, Any]], list[torch.Tensor]]:
+def convert_messages(
+    messages: Iterable[Any], image_size: int | None = None
+) -> tuple[list[dict[str, Any]], list[torch.Tensor]]:
     """Messages with string or list-of-parts content -> ([{'role', 'content': [parts]}], images in
-    order of appearance). Every content becomes a list of parts, as multimodal templates expect."""
+    order of appearance, each the centre square at `image_size` (None: its own side)). Every content
+    becomes a list of parts, as multimodal templates expect."""
     converted, images = [], []
     for message in messages:
         message = _part_dict(message)
@@ -61,7 +69,7 @@ def convert_messages(messages: Iterable[Any]) -> tuple[list[dict[str, Any]], lis
             content = []
         elif isinstance(content, str):
             content = [{"type": "text", "text": content}]
-        converted.append({"role": role, "content": [convert_part(p, images) for p in content]})
+        converted.append({"role": role, "content": [convert_part(p, images, image_size) for p in content]})
     if not converted:
         raise ChatInputError("messages must not be empty")
     return converted, images

@@ -58,6 +58,7 @@ class CASEvaluatorService:
             name: ServedEvaluator.load(name, served, device) for name, served in self.config.datasets.items()
         }
         self.specs = {name: get_dataset(name) for name in self.evaluators}
+        self.sizes = {name: served.evaluator.input_size for name, served in self.evaluators.items()}
         self.score_batch.set_max_batch_size(self.config.batching.max_batch_size)
         self.score_batch.set_batch_wait_timeout_s(self.config.batching.batch_wait_timeout_s)
         env = self.config.api_key_env
@@ -93,8 +94,10 @@ class CASEvaluatorService:
     @api.post("/v1/cas")
     async def cas(self, request: Request) -> dict[str, Any]:
         self._authorize(request)
-        parsed = parse_cas_request(await request.body(), self.specs, self.config.limits)
+        parsed = parse_cas_request(await request.body(), self.specs, self.config.limits, self.sizes)
         results = await asyncio.gather(*(self.score_batch((parsed.dataset, item)) for item in parsed.items))
+        for result, item in zip(results, parsed.items, strict=True):  # say what was done to each image
+            result["preprocessing"] = item.preprocessing
         return {"results": results, "evaluator": self.evaluators[parsed.dataset].spec.to_dict()}
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)

@@ -46,8 +46,15 @@ class DatasetServing(_Strict):
 
 class Limits(_Strict):
     max_items: int = Field(32, ge=1, description="items per request")
-    max_image_bytes: int = Field(8 * 2**20, ge=64, description="encoded size of one image")
-    max_image_pixels: int = Field(2048 * 2048, ge=1, description="width x height of one image")
+    max_image_bytes: int = Field(
+        32 * 2**20, ge=64, description="encoded size of one image (a 16-bit 4096 x 4096 PNG fits)"
+    )
+    max_image_pixels: int = Field(
+        8192 * 8192,
+        ge=1,
+        description="width x height decoded at most (a decompression-bomb guard); every image is brought "
+        "to the evaluator's working size",
+    )
 
 
 class Batching(_Strict):

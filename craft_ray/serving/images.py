@@ -1,16 +1,21 @@
-"""Images sent over HTTP (base64 or data URLs): decoded with limits, errors that say what is wrong."""
+"""Images sent over HTTP (base64 or data URLs): decoded with limits through the one image path
+(`craft_ray.data.images`), errors that say what is wrong."""
 
 from __future__ import annotations
 
 import base64
 import binascii
-import io
-import warnings
 
-import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
 
+from craft_ray.data.images import (
+    ImageDecodeError,
+    ImagePixelsError,
+    PreparedImage,
+    load_8bit,
+    prepare,
+    to_tensor,
+)
 from craft_ray.errors import CraftError
 
 
@@ -50,41 +55,45 @@ def decode_base64(value: str, max_bytes: int) -> bytes:
     return data
 
 
-def decode_image(data: bytes, channels: int | None, max_pixels: int) -> torch.Tensor:
-    """Image bytes (PNG, JPEG, ...) -> float tensor (C, H, W) in [0, 1]. channels=None keeps grey
-    images grey and makes everything else RGB; 1 or 3 converts."""
+def decode_prepared(
+    data: bytes, channels: int | None, max_pixels: int, size: int | None = None, crop: bool = True
+) -> PreparedImage:
+    """Image bytes (PNG, JPEG, TIFF; 8 or 16 bit) through the one image path
+    (`craft_ray.data.images`): windowed to 8 bits, then (crop=True) the centre square resized to
+    `size`, the model's working size. channels=None keeps grey images grey and makes everything
+    else RGB; 1 or 3 converts. `max_pixels` bounds decoding (the header is checked first)."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as img:
-                width, height = img.size  # from the header: check before decoding the pixels
-                if width * height > max_pixels:
-                    raise ImageInputError(
-                        f"image is {width}x{height} = {width * height} pixels, over the limit of {max_pixels}",
-                        status=413,
-                    )
-                img.load()
-                mode = {1: "L", 3: "RGB"}.get(channels or 0) or (
-                    "L" if img.mode in ("L", "I;16", "I") else "RGB"
-                )
-                arr = np.asarray(img.convert(mode))
-    except ImageInputError:
-        raise
-    except UnidentifiedImageError:
-        raise ImageInputError("bytes are not an image in a known format (PNG, JPEG, ...)") from None
-    except (
-        OSError,
-        SyntaxError,
-        ValueError,
-        Image.DecompressionBombError,
-        Image.DecompressionBombWarning,
-    ) as exc:
-        raise ImageInputError(f"bytes are not a decodable image ({type(exc).__name__}: {exc})") from None
-    if arr.size == 0:
-        raise ImageInputError("image has no pixels")
-    arr = arr[..., None] if arr.ndim == 2 else arr
-    return torch.from_numpy(arr.copy()).permute(2, 0, 1).float().div(255.0)
+        if crop:
+            return prepare(data, channels, size, max_pixels)
+        img, info = load_8bit(data, channels, max_pixels)
+        return PreparedImage(to_tensor(img), info)
+    except ImagePixelsError as exc:
+        raise ImageInputError(str(exc), status=413) from None
+    except ImageDecodeError as exc:
+        raise ImageInputError(str(exc)) from None
 
 
-def image_from_base64(value: str, channels: int | None, max_bytes: int, max_pixels: int) -> torch.Tensor:
-    return decode_image(decode_base64(value, max_bytes), channels, max_pixels)
+def decode_image(
+    data: bytes, channels: int | None, max_pixels: int, *, size: int | None = None, crop: bool = False
+) -> torch.Tensor:
+    """`decode_prepared(...).pixels`; by default (crop=False) the 8-bit image at its own size."""
+    return decode_prepared(data, channels, max_pixels, size, crop).pixels
+
+
+def image_from_base64(
+    value: str,
+    channels: int | None,
+    max_bytes: int,
+    max_pixels: int,
+    *,
+    size: int | None = None,
+    crop: bool = False,
+) -> torch.Tensor:
+    return decode_image(decode_base64(value, max_bytes), channels, max_pixels, size=size, crop=crop)
+
+
+def prepared_from_base64(
+    value: str, channels: int | None, max_bytes: int, max_pixels: int, size: int | None
+) -> PreparedImage:
+    """A base64 image as the model's input at `size`, with what was done to it."""
+    return decode_prepared(decode_base64(value, max_bytes), channels, max_pixels, size)

@@ -124,7 +124,7 @@ class TransformersEngine(LLMEngine):
             raise ChatInputError("structured_outputs is not supported here; use response_format")
         top_k = self._check_logprobs(request)
         requirement = requirement_from(request.response_format)
-        messages, images = convert_messages(request.messages)
+        messages, images = convert_messages(request.messages, self.generator.scorer.input_size)
         prompt = self.generator.chat_prompt(messages, request.add_generation_prompt)
         inputs = self.generator.inputs(prompt, images)
         settings = self._settings(request, int(inputs["input_ids"].shape[1]))

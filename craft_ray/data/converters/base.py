@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -52,7 +53,11 @@ class SourceItem:
 class ParsedSource:
     items: list[SourceItem] = field(default_factory=list)
     rejects: list[Reject] = field(default_factory=list)
-    filtered: int = 0  # rows left out on purpose by an option (e.g. lateral views)
+    filtered: Counter[str] = field(default_factory=Counter)  # why -> rows left out on purpose by an option
+    uncertain: Counter[str] = field(default_factory=Counter)  # what the uncertainty policy did -> rows
+
+    def filter(self, why: str) -> None:
+        self.filtered[why] += 1
 
 
 def open_csv(path: Path) -> TextIO:
@@ -167,7 +172,9 @@ def write_dataset(
                 "uncertainty": options.uncertainty,
                 "frontal_only": options.frontal_only,
                 "pool_valid": options.pool_valid,
-                "filtered": parsed.filtered,
+                "filtered": sum(parsed.filtered.values()),
+                "filtered_by": dict(parsed.filtered),
+                "uncertain": dict(parsed.uncertain),
             },
         )
     return manifest

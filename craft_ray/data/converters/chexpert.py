@@ -22,6 +22,8 @@ SPEC = DATASETS["chexpert"]
 CSV_NAMES = ("train.csv", "valid.csv")
 META_COLUMNS = ["Path", "Sex", "Age", "Frontal/Lateral", "AP/PA"]
 _PATH_RE = re.compile(r"(patient\d+)/(study\d+)/(view\d+_\w+)\.\w+$")
+UNCERTAIN_ROWS = "images with uncertain (-1) labels"
+NO_POSITIVE_ROWS = "of which with no positive label"
 _VALUES = {"1.0": 1, "1": 1, "0.0": 0, "0": 0, "-1.0": -1, "-1": -1, "": None}
 
 
@@ -35,13 +37,14 @@ def _find_csvs(source: Path) -> list[Path]:
     return found
 
 
-def _resolve(csv_path: Path, rel: str) -> Path:
-    """CSV paths start with the dataset folder ('CheXpert-v1.0-small/train/...'): try both anchors."""
+def _candidates(csv_path: Path, rel: str) -> list[Path]:
+    """CSV paths start with the dataset folder ('CheXpert-v1.0-small/train/...'): the places tried,
+    in order: beside the dataset folder, inside the CSV's folder, and inside it without the first part."""
     parts = PurePosixPath(rel).parts
     candidates = [csv_path.parent.parent.joinpath(*parts), csv_path.parent.joinpath(*parts)]
     if len(parts) > 1:
         candidates.append(csv_path.parent.joinpath(*parts[1:]))
-    return next((c for c in candidates if c.exists()), candidates[0])
+    return list(dict.fromkeys(c.resolve() for c in candidates))
 
 
 def _age(cell: str) -> int | None | str:
@@ -68,9 +71,9 @@ def parse(source: Path, options: ConvertOptions) -> ParsedSource:
                 continue
             view = row["Frontal/Lateral"].strip()
             if options.frontal_only and view != "Frontal":
-                parsed.filtered += 1
+                parsed.filter(f"{view or 'blank'} view (--frontal-only)")
                 continue
-            labels, uncertain, bad = [], [], None
+            labels, uncertain, any_uncertain, bad = [], [], False, None
             for label in SPEC.labels:
                 cell = row[label].strip()
                 if cell not in _VALUES:
@@ -78,6 +81,7 @@ def parse(source: Path, options: ConvertOptions) -> ParsedSource:
                     break
                 value = _VALUES[cell]
                 if value == -1:
+                    any_uncertain = True
                     if options.uncertainty == "ones":
                         value = 1
                     elif options.uncertainty == "ignore":
@@ -94,9 +98,18 @@ def parse(source: Path, options: ConvertOptions) -> ParsedSource:
                     Reject(where, f"column 'Age' has value {row['Age']!r} (expected a number or blank)")
                 )
                 continue
+            tried = _candidates(csv_path, rel)
+            path = next((c for c in tried if c.is_file()), None)
+            if path is None:
+                parsed.rejects.append(Reject(rel, f"file not found (tried {', '.join(map(str, tried))})"))
+                continue
+            if any_uncertain:
+                parsed.uncertain[UNCERTAIN_ROWS] += 1
+                if not labels:
+                    parsed.uncertain[NO_POSITIVE_ROWS] += 1
             parsed.items.append(
                 SourceItem(
-                    path=_resolve(csv_path, rel),
+                    path=path,
                     image_id=f"{patient}_{study}_{view_name}",
                     patient_id=patient,
                     labels=labels,
