@@ -364,7 +364,17 @@ class EvaluationConfig(_Strict):
         "(shipped, the dataset's modality) | preset | path | hub id; default: model.vlm, and every CAS it "
         "computes is then marked in-reward (the model the run optimised scores it)",
     )
-    n_per_label: int = Field(32, ge=1, description="generated images per label")
+    n_per_label: int = Field(
+        128,
+        ge=1,
+        description="generated images per label: 128 resolve a 0.05 difference of per-label AUROC between runs "
+        "(its standard error is ~0.07 at 24 images)",
+    )
+    labels: list[str] | None = Field(
+        None,
+        description="labels to evaluate (a subset of dataset.labels; default: all of them): fewer labels, "
+        "not fewer images per label, when time is short",
+    )
     split: str = Field(
         "test", min_length=1, description="real split: label distribution and downstream test set"
     )
@@ -408,6 +418,8 @@ class EvaluationConfig(_Strict):
 
     @model_validator(mode="after")
     def _check(self) -> EvaluationConfig:
+        if self.labels is not None and not self.labels:
+            raise ValueError("labels must not be empty (omit the key to evaluate every label)")
         if self.shard_size % self.batch_size:
             raise ValueError(
                 f"shard_size ({self.shard_size}) must be a multiple of batch_size ({self.batch_size})"
@@ -482,6 +494,11 @@ class ExperimentConfig(_Strict):
         if self.debug.fail_at_step is not None and self.debug.fail_rank >= self.scaling.workers:
             raise ValueError(
                 f"debug.fail_rank={self.debug.fail_rank} but scaling.workers={self.scaling.workers}"
+            )
+        unknown = [x for x in self.evaluation.labels or [] if x not in self.dataset.label_space]
+        if unknown:
+            raise ValueError(
+                f"evaluation.labels {unknown} are not in dataset.labels {list(self.dataset.label_space)}"
             )
         if self.reward.model != "cas" and self.method != "craft":
             raise ValueError(

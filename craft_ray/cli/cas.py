@@ -40,9 +40,11 @@ def _evaluator_spec(
     weights: str | None,
     labels: str | None,
     checklists: list[Path] | None,
+    role: str = "reward",
 ):
-    """The evaluator to calibrate: the experiment's (`--config`) or the defaults, with every option
-    the user gave applied on top (an option is never silently ignored)."""
+    """The evaluator to calibrate: the experiment's (`--config`: its reward's, or with `role`
+    'evaluation' its evaluation's: `evaluation.vlm` and `evaluation.weights`) or the defaults, with
+    every option the user gave applied on top (an option is never silently ignored)."""
     import dataclasses
 
     from craft_ray.cas import EvaluatorSpec
@@ -58,7 +60,12 @@ def _evaluator_spec(
             raise CraftError(
                 f"{config} is for dataset '{cfg.dataset.name}' but {data} holds '{manifest.dataset}'"
             )
-        spec = EvaluatorSpec.from_config(cfg, checklists=overlays)
+        if role == "evaluation":
+            from craft_ray.evaluation.references import evaluation_spec
+
+            spec = dataclasses.replace(evaluation_spec(cfg), checklists=overlays)
+        else:
+            spec = EvaluatorSpec.from_config(cfg, checklists=overlays)
     else:
         spec = EvaluatorSpec(manifest.dataset, list(manifest.label_space), "tiny", checklists=overlays)
     overrides = {
@@ -113,6 +120,14 @@ def cas_calibrate(
     checklists: Annotated[
         list[Path] | None, typer.Option(help="extra checklist YAML layered on the static base")
     ] = None,
+    role: Annotated[
+        str,
+        typer.Option(
+            help="with --config: calibrate the experiment's reward evaluator (model.vlm, reward.weights; "
+            "reward.calibration) or its evaluation evaluator (evaluation.vlm, evaluation.weights; "
+            "evaluation.calibration)"
+        ),
+    ] = "reward",
     batch_size: Annotated[int, typer.Option(min=1)] = 32,
     limit: Annotated[int | None, typer.Option(min=1, help="use at most this many images")] = None,
     overwrite: Annotated[bool, typer.Option(help="replace --out if it exists")] = False,
@@ -122,11 +137,15 @@ def cas_calibrate(
 
     if not 0.0 < q < 1.0:
         raise CraftError(f"--q must be in (0, 1), got {q}")
+    if role not in ("reward", "evaluation"):
+        raise CraftError(f"--role must be reward or evaluation, got {role!r}")
+    if role == "evaluation" and config is None:
+        raise CraftError("--role evaluation needs --config (the experiment whose evaluation is calibrated)")
     check_output(out, overwrite)  # before importing the models: a wrong --out fails at once
     from craft_ray.cas import calibrate
 
     _check_split(data, [split])
-    spec = _evaluator_spec(data, config, vlm, mllm, weights, labels, checklists)
+    spec = _evaluator_spec(data, config, vlm, mllm, weights, labels, checklists, role)
     with progress_bar("calibrating CAS") as update:
         calibration = calibrate(spec, data, split, q, batch_size, limit, progress=update)
     calibration.save(out)

@@ -176,7 +176,7 @@ def evaluate(
     """Evaluate `main` and each baseline (the same request), then compare main with each baseline."""
     baselines, request, reporter = list(baselines or []), request or EvalRequest(), reporter or Reporter()
     cfg = effective_config(main.cfg, request)
-    labels = list(request.labels or cfg.dataset.label_space)
+    labels = list(request.labels or cfg.evaluation.labels or cfg.dataset.label_space)
     check_runs(main, baselines, labels)
     real = RealData(cfg, labels, cfg.evaluation.split)
     jobs = plan_jobs(main, baselines, cfg, labels, request)

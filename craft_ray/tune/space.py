@@ -23,8 +23,22 @@ from craft_ray.tune.spec import Scalar, SweepSpec
 
 # Read by the validation's image generation, so they matter for every method (pretrained too).
 SAMPLER_KEYS = frozenset({"training.sampler_steps", "training.guidance_scale", "training.eta"})
-# Read only by CRAFT's loss.
-CRAFT_KEYS = frozenset({"training.backprop_steps", "training.random_truncation", "training.denoise_weight"})
+# Read only by CRAFT's loss: its gradient path and the balance of its reward with the denoising loss.
+CRAFT_KEYS = frozenset(
+    {
+        "training.backprop_steps",
+        "training.random_truncation",
+        "training.denoise_weight",
+        "training.gradient_path",
+        "training.sparse_steps",
+        "training.refl_range",
+        "training.lv_samples",
+        "training.reward_balance",
+        "training.reward_scale",
+        "training.reward_ratio",
+        "training.balance_momentum",
+    }
+)
 CHECKLIST_WEIGHTS = frozenset({"reward.weights.checklist", "reward.weights.anatomy"})
 
 
