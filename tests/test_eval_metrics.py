@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from craft_ray.errors import ConfigError, ModelError
+from craft_ray.data.reading import read_table
+from craft_ray.errors import ConfigError, EvaluationError, ModelError
 from craft_ray.evaluation.memorisation import pixel_embedding
 from craft_ray.evaluation.metrics import memorisation_table, tail_reduction, tail_table
-from craft_ray.evaluation.plan import make_plan
+from craft_ray.evaluation.plan import image_seed, make_plan
 from craft_ray.evaluation.stats import auroc, bootstrap_difference, bootstrap_summary, share_interval
 from craft_ray.models.classifier import Classifier, ClassifierCard, fit_classifier, targets_for
 
@@ -201,6 +202,38 @@ def test_plan_draws_label_sets_from_the_real_distribution():
     assert [r.seed for r in other.rows] != [r.seed for r in plan.rows]
     assert len({r.seed for r in plan.rows}) == len(plan.rows)
     assert plan.n_shards == 10 and [len(g) for g in plan.groups([0, 9])] == [8, 8, 8, 8]
+
+
+def test_selection_and_final_evaluation_draw_disjoint_image_seeds(tmp_path):
+    """Sweep validation (selection) and `craft evaluate` never generate from the same seed, for any
+    seed value; the `evaluate` stream is the one evaluations always had."""
+    from craft_ray.config import validate_config
+    from craft_ray.data.phantoms import make_phantom_dataset
+    from craft_ray.tune.spec import ValidationConfig
+    from craft_ray.tune.validation import validation_plan
+
+    for seed in (0, 1, 7):
+        evaluate = {image_seed(seed, i) for i in range(3000)}
+        validate = {image_seed(seed, i, "validate") for i in range(3000)}
+        assert len(evaluate) == len(validate) == 3000 and not evaluate & validate
+        assert max(evaluate) < 2**31 <= min(validate)
+    # the evaluate stream, computed by hand from its SeedSequence entropy (unchanged)
+    hand = int(np.random.SeedSequence([5, 11, 3]).generate_state(1)[0]) & 0x7FFFFFFF
+    assert image_seed(5, 3) == hand
+    with pytest.raises(EvaluationError, match="unknown seed stream 'test'"):
+        image_seed(0, 0, "test")
+    # through the sweep's validation plan and the evaluation's plan, on the same data and seed
+    make_phantom_dataset("chest", 40, tmp_path / "chest", size=16, seed=3)
+    cfg = validate_config(
+        {"name": "x", "method": "craft", "dataset": {"name": "chexpert", "uri": str(tmp_path / "chest")}}
+    )
+    validation = ValidationConfig(n_per_label=30, seed=0)
+    selection = {r.seed for r in validation_plan(cfg, validation).rows}
+    labels = list(cfg.dataset.label_space)
+    for split in ("val", "test"):
+        sets = read_table(cfg.dataset.uri, split, columns=["labels"]).column("labels").to_pylist()
+        final = {r.seed for r in make_plan(sets, labels, 30, 0, 64, 8).rows}
+        assert len(final) == len(selection) == 30 * len(labels) and not final & selection
 
 
 def test_evaluation_config_is_validated():
