@@ -132,12 +132,73 @@ def test_memorisation_finds_a_planted_copy_and_not_a_near_miss():
     assert (
         near["real"] == "real-7" and 0.5 < near["similarity"] < 0.95
     )  # closest to the original, yet no copy
-    # a held-out reference: real images outside the training set are never copies
+    assert out["threshold_source"] == "fixed" and "heldout" not in out
+    # held-out real images, counted at the same fixed threshold: none is a copy
     held = pixel_embedding(_smooth_images(10, 5)).numpy()
     with_ref = memorisation_table(
         gen_emb, real_emb, ["fresh", "copy", "near"], ids, 0.95, 3, 0.95, heldout=held
     )
-    assert with_ref["heldout"]["above"] >= 1 and with_ref["heldout"]["similarity"] < 1.0
+    assert (with_ref["heldout"]["n"], with_ref["heldout"]["copies"]) == (10, 0)
+    assert with_ref["heldout"]["ci"] == pytest.approx(wilson(0, 10), abs=1e-9)
+
+
+def _modality_images(n: int, seed: int) -> torch.Tensor:
+    """Images of one 'modality': a shared anatomy plus a smaller per-image variation, so real images
+    resemble their nearest training image closely (thumbnail correlation about 0.97, as chest
+    phantoms' do) without being copies of it."""
+    anatomy = _smooth_images(1, 1234)
+    return (0.8 * anatomy + 0.2 * _smooth_images(n, seed)).clamp(0, 1)
+
+
+def hand_quantile(values: np.ndarray, q: float) -> float:
+    """The q-quantile with linear interpolation between order statistics, written out."""
+    v = np.sort(values)
+    pos = q * (len(v) - 1)
+    lo = int(math.floor(pos))
+    return float(v[lo] + (pos - lo) * (v[min(lo + 1, len(v) - 1)] - v[lo]))
+
+
+def test_calibrated_copy_threshold_flags_new_real_images_at_the_heldout_rate_and_every_copy():
+    train, heldout, fresh = _modality_images(300, 0), _modality_images(300, 1), _modality_images(400, 2)
+    emb = {k: pixel_embedding(v).numpy() for k, v in (("train", train), ("held", heldout), ("fresh", fresh))}
+    copies = train[::6]  # 50 training images, generated "again"
+    copy_emb = pixel_embedding(copies).numpy()
+    ids = [f"real-{i}" for i in range(300)]
+
+    def table(generated, threshold):
+        names = [f"gen-{i}" for i in range(len(generated))]
+        return memorisation_table(
+            generated, emb["train"], names, ids, threshold, 3, 0.95, emb["held"], q=0.95
+        )
+
+    # the reference threshold by hand: brute-force nearest training image, then the order statistic
+    cos = (emb["held"] / np.linalg.norm(emb["held"], axis=1, keepdims=True)) @ (
+        emb["train"] / np.linalg.norm(emb["train"], axis=1, keepdims=True)
+    ).T
+    nearest = cos.max(axis=1)
+    assert np.median(nearest) > 0.95  # images of one modality: a fixed 0.95 calls most real images copies
+    new = table(emb["fresh"], None)
+    assert new["threshold_source"] == "auto" and new["threshold"] == pytest.approx(
+        hand_quantile(nearest, 0.95)
+    )
+    lo, hi = new["threshold_ci"]
+    assert lo < new["threshold"] < hi
+    held = new["heldout"]
+    assert held["n"] == 300 and 0.02 <= held["share"] <= 0.09  # leave-one-out: about 1 - q
+    # new images of the real distribution: flagged about as often as held-out ones ...
+    assert abs(new["share"] - held["share"]) < 0.04 and new["ci"][0] <= held["share"] <= new["ci"][1]
+    # ... and the interval carries the threshold's noise: wider than the Wilson interval alone
+    plain = wilson(new["copies"], new["n"])
+    assert new["ci"][0] <= plain[0] and new["ci"][1] > plain[1]
+    # exact copies of training images: every one
+    copied = table(copy_emb, None)
+    assert (copied["copies"], copied["n"]) == (50, 50) and copied["ci"][1] == 1.0
+    # the old fixed 0.95: most new real-like images were "copies"
+    old = table(emb["fresh"], 0.95)
+    assert old["share"] > 0.5 and old["threshold_source"] == "fixed"
+    assert old["heldout"]["share"] > 0.5  # and so were the held-out real images
+    with pytest.raises(ValueError, match="held-out real images"):
+        memorisation_table(emb["fresh"], emb["train"], ["g"] * 400, ids, None, 3, 0.95, heldout=None)
 
 
 def _two_class_images(n: int, seed: int) -> tuple[torch.Tensor, list[list[str]]]:

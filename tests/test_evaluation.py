@@ -165,6 +165,9 @@ def test_evaluate_writes_scores_images_and_metrics_then_reuses_them(runs, evalua
     comparison = metrics["baselines"][base.source.name]
     assert comparison["paired"] is True and set(comparison["tail"]) == {*LABELS, "overall"}
     assert (eval_dir / "memorisation_pairs.png").stat().st_size > 1000
+    memo = metrics["memorisation"]  # the copy threshold calibrated on the held-out (val) real images
+    assert memo["threshold_source"] == "auto" and memo["heldout"]["split"] == "val"
+    assert memo["threshold_ci"][0] <= memo["threshold"] <= memo["threshold_ci"][1] < 1.0
     # the baseline was evaluated on the same label sets and seeds
     base_scores = pq.read_table(runs["baseline"] / "eval" / "scores.parquet")
     assert base_scores.column("seed").equals(scores.column("seed"))
