@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
+import os
 
 import numpy as np
 import pytest
@@ -346,3 +348,59 @@ def test_out_of_family_accuracy_on_the_conditioned_labels():
         probs, [0.5, 0.5, 0.5], sets, labels, labels, n_boot=100, level=0.95, seed=0, multilabel=True
     )
     assert table["accuracy"]["mean"] == pytest.approx(2 / 3) and "0.5" in table["accuracy"]["kind"]
+
+
+def test_digests_follow_content_not_names(tmp_path):
+    from craft_ray.evaluation.digests import Digests
+    from craft_ray.models.phantom import phantom_vlm_dir
+
+    model = tmp_path / "my-vlm"
+    model.mkdir()
+    (model / "model.safetensors").write_bytes(b"weights v1")
+    (model / "config.json").write_text("{}")
+    (model / "README.md").write_text("a card")
+    digests = Digests()
+    first = digests.model(str(model), "vlm")
+    (model / "README.md").write_text("a longer card")  # docs beside the weights do not count
+    assert Digests().model(str(model), "vlm") == first
+    (model / "model.safetensors").write_bytes(b"weights v2")  # retrained under the same name
+    assert Digests().model(str(model), "vlm") != first
+    # presets are built in code, hub ids are pinned by their revision, phantom names by their files
+    assert digests.model("tiny", "diffusion") == "preset:tiny"
+    assert digests.model("org/model", "diffusion", "abc123") == "hub:org/model@abc123"
+    assert digests.model(None, "mllm") is None
+    shipped = digests.model("phantom:chest", "vlm")
+    assert (
+        shipped.startswith("phantom:")
+        and shipped
+        == f"phantom:{Digests().directory(phantom_vlm_dir('phantom:chest'), ('.md', '.png', '.jpg', '.jpeg'))}"
+    )
+    # a file is read once per Digests: asked again with the same (path, size, mtime), it is not
+    # read again (here its bytes changed behind the cache's back, size and mtime kept)
+    weights = model / "model.safetensors"
+    assert digests.file(weights) == hashlib.sha256(b"weights v2").hexdigest()[:16]
+    stamp = weights.stat().st_mtime_ns
+    weights.write_bytes(b"weights v3")
+    os.utime(weights, ns=(stamp, stamp))
+    assert digests.file(weights) == hashlib.sha256(b"weights v2").hexdigest()[:16]
+    assert Digests().file(weights) == hashlib.sha256(b"weights v3").hexdigest()[:16]
+
+
+def test_shards_of_another_plan_are_not_mixed_in(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from craft_ray.evaluation.store import PLAN_KEY, EvalStore
+
+    store = EvalStore(tmp_path / "eval")
+    store.start({"identity": {}}, fresh=True)
+    rows = pa.table({"index": [0, 1]})
+    pq.write_table(rows.replace_schema_metadata({PLAN_KEY: b"aaaa"}), store.shard_path(0))
+    store.check_shards("aaaa")  # the same plan: continued
+    with pytest.raises(
+        EvaluationError, match=r"shard-00000.parquet was generated for another plan \(digest aaaa"
+    ):
+        store.check_shards("bbbb")
+    pq.write_table(rows, store.shard_path(1))  # a shard that records no plan (older craft-ray)
+    with pytest.raises(EvaluationError, match=r"shard-00001.parquet .* \(digest none"):
+        store.check_shards("aaaa")

@@ -15,6 +15,8 @@ never share an image seed, whatever the seed values: `evaluate` seeds lie in [0,
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
@@ -42,6 +44,12 @@ class Plan:
     shard_size: int
     batch_size: int
     notes: list[str]
+
+    def digest(self) -> str:
+        """sha256 (16 hex) of every row and the shard and batch sizes: what a shard was generated for."""
+        rows = [r.as_dict() for r in self.rows]
+        text = json.dumps({"rows": rows, "shard_size": self.shard_size, "batch_size": self.batch_size})
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     @property
     def n_shards(self) -> int:
