@@ -401,8 +401,14 @@ class EvaluationConfig(_Strict):
     sampler_steps: int | None = Field(None, ge=1, description="default: training.sampler_steps")
     guidance_scale: float | None = Field(None, ge=1.0, description="default: training.guidance_scale")
     eta: float | None = Field(None, ge=0, le=1, description="DDIM eta; default: training.eta")
-    copy_threshold: float = Field(
-        0.95, gt=0, le=1, description="memorisation: cosine similarity to the nearest real image"
+    copy_threshold: float | Literal["auto"] = Field(
+        "auto",
+        description="memorisation: similarity to the nearest real training image at which an image is a copy; "
+        "auto = the copy_quantile of held-out real (dataset.val_split) images' similarity, so new images of "
+        "the real distribution are flagged as often as held-out ones",
+    )
+    copy_quantile: float = Field(
+        0.95, gt=0, lt=1, description="memorisation: the held-out quantile copy_threshold auto calibrates to"
     )
     memorisation_embedding: Literal["vlm", "pixels"] = Field(
         "pixels",
@@ -415,6 +421,15 @@ class EvaluationConfig(_Strict):
     generate: StageResources = Field(default_factory=StageResources)
     score: StageResources = Field(default_factory=StageResources)
     classify: StageResources = Field(default_factory=StageResources)
+
+    @field_validator("copy_threshold", mode="before")
+    @classmethod
+    def _auto_or_similarity(cls, value: Any) -> Any:
+        if value == "auto":
+            return value
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 1:
+            raise ValueError(f"must be 'auto' or a similarity in (0, 1], got {value!r}")
+        return float(value)
 
     @model_validator(mode="after")
     def _check(self) -> EvaluationConfig:

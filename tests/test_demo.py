@@ -36,6 +36,36 @@ def test_demo_experiments_use_the_shipped_models_and_the_demo_paths(tmp_path):
     assert by_method["craft"].training.steps == 3 and by_method["pretrained"].training.steps == 3
 
 
+def test_demo_reuses_data_and_calibration_only_while_they_match(tmp_path):
+    """Data made with other options is refused; a calibration is reused while its data and
+    evaluator are the same, and regenerated data under the same path is noticed."""
+    from craft_ray.data.phantoms import make_phantom_dataset
+    from craft_ray.demo import DemoOptions
+    from craft_ray.demo.run import ensure_calibration, ensure_data
+    from craft_ray.evaluation import Reporter
+
+    messages: list[str] = []
+
+    class Recording(Reporter):
+        def say(self, text: str) -> None:
+            messages.append(text)
+
+    cfg = load_experiments(DEMO_EXPERIMENTS, DemoLayout(tmp_path), seed=0)[0].cfg
+    opts = DemoOptions(tmp_path, n=40, size=32)
+    made = ensure_data(cfg, opts, Recording())
+    assert made.options["n"] == 40 and ensure_data(cfg, opts, Recording()) == made
+    with pytest.raises(ConfigError, match=r"data made with other options: n 40 \(this demo: 60\)"):
+        ensure_data(cfg, DemoOptions(tmp_path, n=60, size=32), Recording())
+    first = ensure_calibration(cfg, Recording())
+    assert ensure_calibration(cfg, Recording()) == first and "calibration: reusing" in messages[-1]
+    # the data regenerated in place (another seed): the calibration made on the old data is stale
+    make_phantom_dataset("chest", 40, cfg.dataset.uri, size=32, seed=5, overwrite=True)
+    with pytest.raises(ConfigError, match=r"calibrated with other inputs: the data \(regenerated since\)"):
+        ensure_calibration(cfg, Recording())
+    with pytest.raises(ConfigError, match=r"seed 5 \(this demo: 0\)"):
+        ensure_data(cfg, opts, Recording())
+
+
 def test_demo_experiments_must_name_one_craft_run(tmp_path):
     for name in ("pretrained", "lora_sft"):
         (tmp_path / f"{name}.yaml").write_text((DEMO_EXPERIMENTS / f"{name}.yaml").read_text())

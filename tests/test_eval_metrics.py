@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
+import os
 
 import numpy as np
 import pytest
 import torch
 
-from craft_ray.errors import ConfigError, ModelError
+from craft_ray.data.reading import read_table
+from craft_ray.errors import ConfigError, EvaluationError, ModelError
 from craft_ray.evaluation.memorisation import pixel_embedding
 from craft_ray.evaluation.metrics import memorisation_table, tail_reduction, tail_table
-from craft_ray.evaluation.plan import make_plan
+from craft_ray.evaluation.plan import image_seed, make_plan
 from craft_ray.evaluation.stats import auroc, bootstrap_difference, bootstrap_summary, share_interval
 from craft_ray.models.classifier import Classifier, ClassifierCard, fit_classifier, targets_for
 
@@ -131,12 +134,73 @@ def test_memorisation_finds_a_planted_copy_and_not_a_near_miss():
     assert (
         near["real"] == "real-7" and 0.5 < near["similarity"] < 0.95
     )  # closest to the original, yet no copy
-    # a held-out reference: real images outside the training set are never copies
+    assert out["threshold_source"] == "fixed" and "heldout" not in out
+    # held-out real images, counted at the same fixed threshold: none is a copy
     held = pixel_embedding(_smooth_images(10, 5)).numpy()
     with_ref = memorisation_table(
         gen_emb, real_emb, ["fresh", "copy", "near"], ids, 0.95, 3, 0.95, heldout=held
     )
-    assert with_ref["heldout"]["above"] >= 1 and with_ref["heldout"]["similarity"] < 1.0
+    assert (with_ref["heldout"]["n"], with_ref["heldout"]["copies"]) == (10, 0)
+    assert with_ref["heldout"]["ci"] == pytest.approx(wilson(0, 10), abs=1e-9)
+
+
+def _modality_images(n: int, seed: int) -> torch.Tensor:
+    """Images of one 'modality': a shared anatomy plus a smaller per-image variation, so real images
+    resemble their nearest training image closely (thumbnail correlation about 0.97, as chest
+    phantoms' do) without being copies of it."""
+    anatomy = _smooth_images(1, 1234)
+    return (0.8 * anatomy + 0.2 * _smooth_images(n, seed)).clamp(0, 1)
+
+
+def hand_quantile(values: np.ndarray, q: float) -> float:
+    """The q-quantile with linear interpolation between order statistics, written out."""
+    v = np.sort(values)
+    pos = q * (len(v) - 1)
+    lo = int(math.floor(pos))
+    return float(v[lo] + (pos - lo) * (v[min(lo + 1, len(v) - 1)] - v[lo]))
+
+
+def test_calibrated_copy_threshold_flags_new_real_images_at_the_heldout_rate_and_every_copy():
+    train, heldout, fresh = _modality_images(300, 0), _modality_images(300, 1), _modality_images(400, 2)
+    emb = {k: pixel_embedding(v).numpy() for k, v in (("train", train), ("held", heldout), ("fresh", fresh))}
+    copies = train[::6]  # 50 training images, generated "again"
+    copy_emb = pixel_embedding(copies).numpy()
+    ids = [f"real-{i}" for i in range(300)]
+
+    def table(generated, threshold):
+        names = [f"gen-{i}" for i in range(len(generated))]
+        return memorisation_table(
+            generated, emb["train"], names, ids, threshold, 3, 0.95, emb["held"], q=0.95
+        )
+
+    # the reference threshold by hand: brute-force nearest training image, then the order statistic
+    cos = (emb["held"] / np.linalg.norm(emb["held"], axis=1, keepdims=True)) @ (
+        emb["train"] / np.linalg.norm(emb["train"], axis=1, keepdims=True)
+    ).T
+    nearest = cos.max(axis=1)
+    assert np.median(nearest) > 0.95  # images of one modality: a fixed 0.95 calls most real images copies
+    new = table(emb["fresh"], None)
+    assert new["threshold_source"] == "auto" and new["threshold"] == pytest.approx(
+        hand_quantile(nearest, 0.95)
+    )
+    lo, hi = new["threshold_ci"]
+    assert lo < new["threshold"] < hi
+    held = new["heldout"]
+    assert held["n"] == 300 and 0.02 <= held["share"] <= 0.09  # leave-one-out: about 1 - q
+    # new images of the real distribution: flagged about as often as held-out ones ...
+    assert abs(new["share"] - held["share"]) < 0.04 and new["ci"][0] <= held["share"] <= new["ci"][1]
+    # ... and the interval carries the threshold's noise: wider than the Wilson interval alone
+    plain = wilson(new["copies"], new["n"])
+    assert new["ci"][0] <= plain[0] and new["ci"][1] > plain[1]
+    # exact copies of training images: every one
+    copied = table(copy_emb, None)
+    assert (copied["copies"], copied["n"]) == (50, 50) and copied["ci"][1] == 1.0
+    # the old fixed 0.95: most new real-like images were "copies"
+    old = table(emb["fresh"], 0.95)
+    assert old["share"] > 0.5 and old["threshold_source"] == "fixed"
+    assert old["heldout"]["share"] > 0.5  # and so were the held-out real images
+    with pytest.raises(ValueError, match="held-out real images"):
+        memorisation_table(emb["fresh"], emb["train"], ["g"] * 400, ids, None, 3, 0.95, heldout=None)
 
 
 def _two_class_images(n: int, seed: int) -> tuple[torch.Tensor, list[list[str]]]:
@@ -201,6 +265,38 @@ def test_plan_draws_label_sets_from_the_real_distribution():
     assert [r.seed for r in other.rows] != [r.seed for r in plan.rows]
     assert len({r.seed for r in plan.rows}) == len(plan.rows)
     assert plan.n_shards == 10 and [len(g) for g in plan.groups([0, 9])] == [8, 8, 8, 8]
+
+
+def test_selection_and_final_evaluation_draw_disjoint_image_seeds(tmp_path):
+    """Sweep validation (selection) and `craft evaluate` never generate from the same seed, for any
+    seed value; the `evaluate` stream is the one evaluations always had."""
+    from craft_ray.config import validate_config
+    from craft_ray.data.phantoms import make_phantom_dataset
+    from craft_ray.tune.spec import ValidationConfig
+    from craft_ray.tune.validation import validation_plan
+
+    for seed in (0, 1, 7):
+        evaluate = {image_seed(seed, i) for i in range(3000)}
+        validate = {image_seed(seed, i, "validate") for i in range(3000)}
+        assert len(evaluate) == len(validate) == 3000 and not evaluate & validate
+        assert max(evaluate) < 2**31 <= min(validate)
+    # the evaluate stream, computed by hand from its SeedSequence entropy (unchanged)
+    hand = int(np.random.SeedSequence([5, 11, 3]).generate_state(1)[0]) & 0x7FFFFFFF
+    assert image_seed(5, 3) == hand
+    with pytest.raises(EvaluationError, match="unknown seed stream 'test'"):
+        image_seed(0, 0, "test")
+    # through the sweep's validation plan and the evaluation's plan, on the same data and seed
+    make_phantom_dataset("chest", 40, tmp_path / "chest", size=16, seed=3)
+    cfg = validate_config(
+        {"name": "x", "method": "craft", "dataset": {"name": "chexpert", "uri": str(tmp_path / "chest")}}
+    )
+    validation = ValidationConfig(n_per_label=30, seed=0)
+    selection = {r.seed for r in validation_plan(cfg, validation).rows}
+    labels = list(cfg.dataset.label_space)
+    for split in ("val", "test"):
+        sets = read_table(cfg.dataset.uri, split, columns=["labels"]).column("labels").to_pylist()
+        final = {r.seed for r in make_plan(sets, labels, 30, 0, 64, 8).rows}
+        assert len(final) == len(selection) == 30 * len(labels) and not final & selection
 
 
 def test_evaluation_config_is_validated():
@@ -286,3 +382,59 @@ def test_a_missing_downstream_auroc_says_why(tmp_path):
     assert "r1: no AUROC: the test split has 1 image(s) with these labels" in markdown
     complete = {**downstream, "generated": {"per_label": {"Cardiomegaly": 0.7}, "macro": 0.7}}
     assert "no AUROC" not in to_markdown(downstream_table({"downstream": complete, "split": "test"}))
+
+
+def test_digests_follow_content_not_names(tmp_path):
+    from craft_ray.evaluation.digests import Digests
+    from craft_ray.models.phantom import phantom_vlm_dir
+
+    model = tmp_path / "my-vlm"
+    model.mkdir()
+    (model / "model.safetensors").write_bytes(b"weights v1")
+    (model / "config.json").write_text("{}")
+    (model / "README.md").write_text("a card")
+    digests = Digests()
+    first = digests.model(str(model), "vlm")
+    (model / "README.md").write_text("a longer card")  # docs beside the weights do not count
+    assert Digests().model(str(model), "vlm") == first
+    (model / "model.safetensors").write_bytes(b"weights v2")  # retrained under the same name
+    assert Digests().model(str(model), "vlm") != first
+    # presets are built in code, hub ids are pinned by their revision, phantom names by their files
+    assert digests.model("tiny", "diffusion") == "preset:tiny"
+    assert digests.model("org/model", "diffusion", "abc123") == "hub:org/model@abc123"
+    assert digests.model(None, "mllm") is None
+    shipped = digests.model("phantom:chest", "vlm")
+    assert (
+        shipped.startswith("phantom:")
+        and shipped
+        == f"phantom:{Digests().directory(phantom_vlm_dir('phantom:chest'), ('.md', '.png', '.jpg', '.jpeg'))}"
+    )
+    # a file is read once per Digests: asked again with the same (path, size, mtime), it is not
+    # read again (here its bytes changed behind the cache's back, size and mtime kept)
+    weights = model / "model.safetensors"
+    assert digests.file(weights) == hashlib.sha256(b"weights v2").hexdigest()[:16]
+    stamp = weights.stat().st_mtime_ns
+    weights.write_bytes(b"weights v3")
+    os.utime(weights, ns=(stamp, stamp))
+    assert digests.file(weights) == hashlib.sha256(b"weights v2").hexdigest()[:16]
+    assert Digests().file(weights) == hashlib.sha256(b"weights v3").hexdigest()[:16]
+
+
+def test_shards_of_another_plan_are_not_mixed_in(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from craft_ray.evaluation.store import PLAN_KEY, EvalStore
+
+    store = EvalStore(tmp_path / "eval")
+    store.start({"identity": {}}, fresh=True)
+    rows = pa.table({"index": [0, 1]})
+    pq.write_table(rows.replace_schema_metadata({PLAN_KEY: b"aaaa"}), store.shard_path(0))
+    store.check_shards("aaaa")  # the same plan: continued
+    with pytest.raises(
+        EvaluationError, match=r"shard-00000.parquet was generated for another plan \(digest aaaa"
+    ):
+        store.check_shards("bbbb")
+    pq.write_table(rows, store.shard_path(1))  # a shard that records no plan (older craft-ray)
+    with pytest.raises(EvaluationError, match=r"shard-00001.parquet .* \(digest none"):
+        store.check_shards("aaaa")

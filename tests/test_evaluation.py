@@ -98,6 +98,9 @@ def evaluated(runs, one_thread):
     interrupted = {
         "final_exists": (runs["craft"] / "eval").exists(),
         "shards": sorted(p.name for p in (partial / "shards").iterdir()),
+        "plan": pq.read_schema(partial / "shards" / "shard-00000.parquet")
+        .metadata[b"craft_ray.plan"]
+        .decode(),
     }
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(runner, "build_dataset", spy_build)
@@ -173,6 +176,9 @@ def test_evaluate_writes_scores_images_and_metrics_then_reuses_them(runs, evalua
     # lora_sft optimised no reward: its CAS is not in-reward, whatever VLM scored it
     assert metrics["in_reward"]["cas"] is False and metrics["in_reward"]["reward_models"] == {}
     assert (eval_dir / "memorisation_pairs.png").stat().st_size > 1000
+    memo = metrics["memorisation"]  # the copy threshold calibrated on the held-out (val) real images
+    assert memo["threshold_source"] == "auto" and memo["heldout"]["split"] == "val"
+    assert memo["threshold_ci"][0] <= memo["threshold"] <= memo["threshold_ci"][1] < 1.0
     # the baseline was evaluated on the same label sets and seeds
     base_scores = pq.read_table(runs["baseline"] / "eval" / "scores.parquet")
     assert base_scores.column("seed").equals(scores.column("seed"))
@@ -188,7 +194,11 @@ def test_an_interrupted_evaluation_resumes_where_it_stopped_and_reproduces_image
     from craft_ray.evaluation.plan import image_seed
 
     # the killed attempt left no finished evaluation, only shard 0 of the main run
-    assert evaluated["interrupted"] == {"final_exists": False, "shards": ["shard-00000.parquet"]}
+    interrupted = evaluated["interrupted"]
+    assert (interrupted["final_exists"], interrupted["shards"]) == (False, ["shard-00000.parquet"])
+    # its shard recorded the plan it was generated for: the finished evaluation's
+    identity = json.loads((runs["craft"] / "eval" / "eval.json").read_text())["identity"]
+    assert interrupted["plan"] == identity["plan"]
     # the rerun generated only the missing shards of the main run, then the whole baseline
     assert evaluated["built"] == [[0], [1, 2], [0, 1, 2]]
     # an image is reproduced from its row alone (labels + seed), byte for byte
@@ -201,6 +211,64 @@ def test_an_interrupted_evaluation_resumes_where_it_stopped_and_reproduces_image
     for k, (image, prompt) in enumerate(zip(images, prompts, strict=True)):
         assert prompt == scores[k]["prompt"]
         assert np.array_equal(image, (stored[k]["pixel_values"][0].numpy() * 255).round().astype(np.uint8))
+
+
+def test_an_evaluation_is_identified_by_the_content_of_its_inputs(runs, evaluated, tmp_path):
+    """A calibration changed under the same path, or data regenerated in place, is not the finished
+    evaluation: the command stops and names what changed (no Ray job), and --overwrite does not
+    reuse the artefacts cached by the evaluation it replaces."""
+    import dataclasses
+
+    from craft_ray.data.phantoms import make_phantom_dataset
+    from craft_ray.errors import EvaluationError
+    from craft_ray.evaluation.real import RealData
+    from craft_ray.evaluation.runner import effective_config, evaluation_plan, plan_jobs
+    from craft_ray.evaluation.store import CALIBRATION, METRICS, EvalStore
+
+    data, calibration = tmp_path / "chest", tmp_path / "cal.json"
+    shutil.copytree(runs["data"] / "chest", data)
+    shutil.copy(runs["craft"] / "eval" / "calibration.json", calibration)
+    source = open_run(runs["craft"])
+    cfg = validate_config(
+        {
+            **source.cfg.model_dump(mode="json"),
+            "dataset": {**source.cfg.dataset.model_dump(mode="json"), "uri": str(data)},
+            "evaluation": {**source.cfg.evaluation.model_dump(mode="json"), "calibration": str(calibration)},
+        }
+    )
+    source = dataclasses.replace(source, cfg=cfg)
+    request = EvalRequest(n_per_label=2, out=tmp_path / "eval")
+
+    def state(overwrite: bool = False) -> str:
+        request.overwrite = overwrite
+        cfg = effective_config(source.cfg, request)
+        plan = evaluation_plan(cfg, LABELS, RealData(cfg, LABELS, cfg.evaluation.split))
+        job = plan_jobs(source, [], cfg, LABELS, request, plan)[0]
+        state.job = job
+        return job.state
+
+    assert state() == "new"
+    store = EvalStore(tmp_path / "eval")  # an evaluation finished with these inputs
+    store.start({"identity": state.job.identity}, fresh=True)
+    shutil.copy(calibration, store.partial / CALIBRATION)
+    (store.partial / METRICS).write_text("{}")
+    store.promote()
+    assert state() == "complete"
+    # recalibrated to the same path
+    cal = json.loads(calibration.read_text())
+    cal["thresholds"] = {k: v + 0.01 for k, v in cal["thresholds"].items()}
+    calibration.write_text(json.dumps(cal))
+    with pytest.raises(
+        EvaluationError, match=r"other settings \(inputs.calibration: '[0-9a-f]{16}' -> '[0-9a-f]"
+    ):
+        state()
+    assert state(overwrite=True) == "new" and state.job.store.existing(CALIBRATION) is None
+    shutil.copy(store.final / CALIBRATION, calibration)
+    assert state() == "complete"
+    # the data regenerated in place (another seed; the same path)
+    make_phantom_dataset("chest", 48, data, size=32, seed=4, overwrite=True)
+    with pytest.raises(EvaluationError, match=r"other settings \(inputs.data: .*; plan: "):
+        state()
 
 
 def _foreign_run(runs) -> Path:

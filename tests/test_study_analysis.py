@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -166,6 +167,60 @@ def test_preference_rates_cis_and_times_on_known_answers(preference_study):
     assert flagged["beta"]["images_shown"] == 20 and flagged["beta"]["findings_flagged"] == 2
 
 
+def test_readers_who_agree_count_each_pair_once(preference_study, tmp_path):
+    """Three readers giving the one reader's answers: the same pairs, votes, rates and sign test
+    (counting answers would make 33 of 51 and p = 0.049 out of 11 of 17 and p = 0.33)."""
+    one = {r["label"]: r for r in analyze_study(preference_study).preferences}
+    root = tmp_path / "three"
+    shutil.copytree(preference_study, root)
+    store = AnswerStore(root / "answers.sqlite")
+    for (_, pair_id), answer in (
+        AnswerStore(preference_study / "answers.sqlite", readonly=True).latest().items()
+    ):
+        for reader in ("r2", "r3"):
+            store.add(reader, pair_id, answer.choice, [], [], answer.time_ms)
+    three = analyze_study(root)
+    assert three.readers == ["r1", "r2", "r3"] and len(three.judgements) == 60
+    keys = ("pairs", "first_preferred", "second_preferred", "no_preference", "first_rate", "sign_test_p")
+    rows = {r["label"]: r for r in three.preferences}
+    assert set(rows) == set(one)
+    for label, row in one.items():
+        assert {k: rows[label][k] for k in keys} == {k: row[k] for k in keys}
+        assert rows[label]["answers"] == 3 * row["answers"]
+    overall = next(r for r in three.preferences if r["label"] == ALL)
+    assert (overall["pairs"], overall["first_preferred"], overall["second_preferred"]) == (20, 11, 6)
+    assert overall["sign_test_p"] == pytest.approx(hand_sign_p(11, 6))
+    assert hand_sign_p(33, 18) < 0.05 < hand_sign_p(11, 6)  # what counting answers would claim
+    assert three.agreement["kappa"] == pytest.approx(1.0)
+
+
+def test_a_pair_votes_with_the_majority_of_its_readers_and_a_tie_is_no_preference(tmp_path):
+    # four pairs (alpha left), three readers: 2 alpha + 1 none -> alpha; 1 alpha + 1 beta + 1 none
+    # -> tie; 2 none + 1 beta -> none; 2 beta + 1 alpha -> beta
+    answers = [
+        ("left", "left", "none"),
+        ("left", "right", "none"),
+        ("none", "none", "right"),
+        ("right", "right", "left"),
+    ]
+    root = make_study(tmp_path / "s", [(["Cardiomegaly"], "alpha", "beta")] * 4, ["r1", "r2", "r3"])
+    store = AnswerStore(root / "answers.sqlite")
+    for i, triple in enumerate(answers, start=1):
+        for reader, choice in zip(("r1", "r2", "r3"), triple, strict=True):
+            store.add(reader, f"p{i:04d}", choice, [], [], 1000)
+    overall = next(r for r in analyze_study(root).preferences if r["label"] == ALL)
+    assert (overall["pairs"], overall["answers"]) == (4, 12)
+    assert (overall["first_preferred"], overall["second_preferred"], overall["no_preference"]) == (1, 1, 2)
+    assert overall["sign_test_p"] == pytest.approx(1.0) and overall["no_preference_rate"] == 0.5
+    # two readers split between the sides: no preference, not one vote each
+    root = make_study(tmp_path / "t", [(["Cardiomegaly"], "alpha", "beta")], ["r1", "r2"])
+    store = AnswerStore(root / "answers.sqlite")
+    store.add("r1", "p0001", "left", [], [], 1000)
+    store.add("r2", "p0001", "right", [], [], 1000)
+    row = analyze_study(root).preferences[0]
+    assert (row["first_preferred"], row["second_preferred"], row["no_preference"]) == (0, 0, 1)
+
+
 def test_an_answer_to_a_pair_the_study_lacks_is_an_error(tmp_path):
     root = make_study(tmp_path / "s", [(["Cardiomegaly"], "alpha", "beta")], ["r1"])
     AnswerStore(root / "answers.sqlite").add("r1", "p0099", "left", [], [], 1000)
@@ -226,7 +281,7 @@ def test_analyze_cli_writes_markdown_and_chart(preference_study, tmp_path):
     result = run()
     assert result.returncode == 0, result.stderr
     markdown = (out / "study.md").read_text()
-    assert "| alpha vs beta | all labels | 20 | 11 | 6 | 3 | 65% [41%, 83%] |" in markdown
+    assert "| alpha vs beta | all labels | 20 | 20 | 11 | 6 | 3 | 65% [41%, 83%] |" in markdown
     with Image.open(out / "preferences.png") as chart:
         assert chart.format == "PNG" and chart.width > 600 and chart.height > 150
     summary = json.loads((out / "summary.json").read_text())

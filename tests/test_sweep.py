@@ -4,6 +4,8 @@ result tables, its best.yaml trained; ASHA per dataset x method on a constructed
 from __future__ import annotations
 
 import json
+import os
+import runpy
 import shutil
 import signal
 import subprocess
@@ -116,14 +118,15 @@ def test_smoke_sweep_killed_and_resumed_then_best_config_trains(
     if best["method"] == "craft":
         assert cfg.reward.weights.pathology == best["reward.weights.pathology"]
     summary = run_training(cfg)
-    assert Path(summary.final_uri, "model.json").is_file()
+    exported = json.loads(Path(summary.final_uri, "model.json").read_text())["step"]
+    assert exported == (0 if best["method"] == "pretrained" else 1)  # pretrained trains nothing
     # a driver killed after the last checkpoint was written but before Ray Train registered it (no
     # snapshot) and before the export: resuming has nothing left to train and exports the newest
     # checkpoint (a restored sweep trial took this path and failed)
     shutil.rmtree(summary.final_uri)
     Path(summary.run_uri, "checkpoint_manager_snapshot.json").unlink()
     again = run_training(cfg, resume=True)
-    assert json.loads(Path(again.final_uri, "model.json").read_text())["step"] == 1
+    assert json.loads(Path(again.final_uri, "model.json").read_text())["step"] == exported
 
     report = craft_in_process("report", "--sweep", str(sweep), "--out", str(tmp_path / "rep"))
     assert report.returncode == 0, report.stderr
@@ -171,3 +174,104 @@ def test_asha_stops_the_worse_trial_of_a_group_only(ray_local, tmp_path):
     # the bad trial reached the first rung after the good one had set its cutoff there: stopped;
     # the isic trial is worse still, but only compared with isic trials: it runs out
     assert results == {"good": 4.0, "bad": 1.0, "other-dataset": 4.0}
+
+
+ASHA_SWEEP = """
+import sys, time
+from pathlib import Path
+from ray import tune
+from craft_ray.tune.scheduler import build_scheduler
+from craft_ray.tune.space import SweepPlan, TrialPlan
+from craft_ray.tune.spec import validate_spec
+from craft_ray.tune.trial import SweepContext, run_trial
+
+VALUES = {"a": [0.5] * 4, "b": [0.6] * 4, "c": [0.55, 0.4, 0.4, 0.4], "d": [0.52] * 4}
+SPEC = validate_spec(
+    {
+        "name": "asha",
+        "datasets": ["chexpert"],
+        "methods": ["craft"],
+        "space": {"reward.weights.pathology": [1.0, 2.0]},
+        "scheduler": {"type": "asha", "grace_period": 1, "reduction_factor": 2},
+    }
+)
+PLAN = SweepPlan([TrialPlan(n, "chexpert", "craft", {}, None, [1, 2, 3, 4]) for n in VALUES])
+
+
+def rung(context, name, rung, step, trains, report):  # validation stands in for training
+    if name == "b" and step == 3 and context.extra.get("hang"):
+        time.sleep(3600)  # the driver is killed here
+    return {"val_cas": VALUES[name][step - 1], "step": float(step), "rung": float(rung)}
+
+
+def trainable(sweep, hang=False):
+    context = SweepContext(sweep, {n: {"cfg": {}, "rungs": [1, 2, 3, 4]} for n in VALUES}, {}, {}, {"hang": hang})
+    return tune.with_resources(tune.with_parameters(run_trial, context=context, rung_runner=rung), {"cpu": 0.25})
+
+
+if __name__ == "__main__":
+    sweep = sys.argv[1]
+    tune.Tuner(
+        trainable(sweep, hang=True),
+        param_space={"name": tune.grid_search(list(VALUES))},
+        tune_config=tune.TuneConfig(
+            scheduler=build_scheduler(SPEC, PLAN, sweep), max_concurrent_trials=1, reuse_actors=True
+        ),
+        run_config=tune.RunConfig(storage_path=sweep, name="tune", verbose=0),
+    ).fit()
+"""
+
+
+def tune_saved_status(tune_dir: Path) -> dict[str, str]:
+    """Trial name -> status in Tune's newest saved experiment state ({} while none is readable)."""
+    states = sorted(tune_dir.glob("experiment_state-*.json"))
+    try:
+        data = json.loads(states[-1].read_text()) if states else {}
+    except ValueError:  # being written
+        return {}
+    out = {}
+    for json_state, _ in data.get("trial_data", []):
+        trial = json.loads(json_state)
+        out[trial["config"]["name"]] = trial["status"]
+    return out
+
+
+def test_a_killed_and_resumed_sweep_stops_the_same_trials_as_an_uninterrupted_one(ray_local, tmp_path):
+    """The sweep's trainable (run_trial: rungs stored, replayed on resume) under Tune with the
+    sweep's grouped ASHA, validation standing in for training (known metrics per step). The driver
+    is killed during trial b's third rung, then the sweep is restored as `craft sweep` restores it
+    (Tuner.restore: the scheduler as it was built, Tune keeps no scheduler state). Uninterrupted,
+    ASHA (cutoff: the median of the rung) stops c at step 2 (0.4 < median(0.5, 0.6)) and d at
+    step 1 (0.52 < median(0.5, 0.6, 0.55)); resumed, it must too, though a and b's first rungs
+    were reported to the dead driver's scheduler (forgotten, c would stop at step 1: 0.55 < 0.6)."""
+    from ray import tune
+
+    script = tmp_path / "asha_sweep.py"
+    script.write_text(ASHA_SWEEP)
+    sweep = tmp_path / "sweep"
+    log = tmp_path / "driver.log"
+    env = {**os.environ, "TUNE_GLOBAL_CHECKPOINT_S": "0"}  # Tune saves its state at every step
+    with log.open("w") as out:
+        driver = subprocess.Popen(
+            [sys.executable, str(script), str(sweep)], stdout=out, stderr=subprocess.STDOUT, env=env
+        )
+    started = time.time()
+    deadline = started + 240
+    # killed once Tune's saved state has a finished and b at its second rung: the restore does
+    # not run a again, so only the stored rungs can tell ASHA what a scored
+    while not (
+        (sweep / "validation" / "b" / "step_000002.json").exists()
+        and tune_saved_status(sweep / "tune").get("a") == "TERMINATED"
+    ):
+        assert driver.poll() is None, log.read_text()[-3000:]
+        assert time.time() < deadline, "trial b did not reach its second rung in time"
+        time.sleep(0.2)
+    driver.send_signal(signal.SIGKILL)
+    driver.wait()
+    assert sorted(p.name for p in (sweep / "validation").iterdir()) == ["a", "b"]
+
+    # the script's functions, without the script on the workers' path: pickled by value
+    trainable = runpy.run_path(str(script), run_name="asha_sweep")["trainable"]
+    restored = tune.Tuner.restore(str(sweep / "tune"), trainable(str(sweep)), resume_errored=True)
+    stops = {r.config["name"]: r.metrics["step"] for r in restored.fit()}
+    assert stops == {"a": 4.0, "b": 4.0, "c": 2.0, "d": 1.0}

@@ -198,3 +198,81 @@ def test_shipped_specs(tmp_path):
     header = paper_path.read_text().split("\nname:")[0]
     assert f"{len(paper.trials)} trials" in header  # the GPU-hour arithmetic counts the trials it plans
     assert len(set(per_dataset.values())) == 1
+
+
+class _Trial:
+    """What the sweep's scheduler reads of a Tune trial: its config's name (ids change on restore)."""
+
+    def __init__(self, name: str):
+        self.config, self.trial_id = {"name": name}, f"{name}-{id(self)}"
+
+
+# Four trials of one group run one after the other (rungs at steps 1..4, grace 1, factor 2: ASHA's
+# rungs at 1, 2, 4); each reports its validation metric per step. The sweep is interrupted after
+# step 2 of "b" and resumed: "b" re-reports its two stored rungs and goes on, then "c" and "d" run.
+ASHA_VALUES = {"a": [0.5] * 4, "b": [0.6] * 4, "c": [0.55, 0.4, 0.4, 0.4], "d": [0.52] * 4}
+
+
+def _asha(tmp_path, sweep_uri=None):
+    from craft_ray.tune.scheduler import build_scheduler
+    from craft_ray.tune.space import SweepPlan, TrialPlan
+
+    spec = validate_spec(
+        {
+            "name": "asha",
+            "datasets": ["chexpert"],
+            "methods": ["craft"],
+            "space": {"reward.weights.pathology": [1.0, 2.0]},
+            "scheduler": {"type": "asha", "grace_period": 1, "reduction_factor": 2},
+        }
+    )
+    trials = [TrialPlan(n, "chexpert", "craft", {}, None, [1, 2, 3, 4]) for n in ASHA_VALUES]
+    return build_scheduler(spec, SweepPlan(trials), sweep_uri)
+
+
+def _run(scheduler, name: str, steps, sweep_uri=None, clock=None) -> list[tuple[float, str]]:
+    """Report `steps` of trial `name` (storing each rung as run_trial does when `sweep_uri`)
+    until ASHA stops it; the decisions."""
+    from craft_ray.tune import store
+    from craft_ray.tune.trial import validation_uri
+
+    trial, out = _Trial(name), []
+    scheduler.on_trial_add(None, trial)
+    for step in steps:
+        record = {"val_cas": ASHA_VALUES[name][int(step) - 1], "step": float(step)}
+        if sweep_uri is not None:
+            uri = validation_uri(sweep_uri, name, int(step))
+            if store.read_json(uri) is None:  # a new rung: stored with the time it was validated
+                store.write_json(uri, {**record, "validated_at": next(clock)})
+        scheduler.on_trial_result(None, trial, {"phase": "train", "step": float(step)})  # no metric
+        decision = scheduler.on_trial_result(None, trial, {**record, "phase": "validated"})
+        out.append((float(step), decision))
+        if decision == "STOP":
+            break
+    scheduler.on_trial_complete(None, trial, {**record})
+    return out
+
+
+def test_a_resumed_sweeps_asha_stops_the_same_trials_as_an_uninterrupted_one(tmp_path):
+    import itertools
+
+    steps = [1, 2, 3, 4]
+    whole = _asha(tmp_path)
+    uninterrupted = {name: _run(whole, name, steps) for name in ASHA_VALUES}
+    stopped_at = {name: d[-1][0] for name, d in uninterrupted.items()}
+    assert stopped_at == {"a": 4.0, "b": 4.0, "c": 2.0, "d": 1.0}  # c and d stopped early
+
+    sweep = str(tmp_path / "sweep")
+    clock = itertools.count(1000.0)
+    first = _asha(tmp_path, sweep)
+    _run(first, "a", steps, sweep, clock)  # finished before the driver died
+    _run(first, "b", [1, 2], sweep, clock)  # killed after its second rung
+    resumed = _asha(tmp_path, sweep)  # a new driver: the scheduler as built, then the stored rungs
+    after = {"b": _run(resumed, "b", steps, sweep, clock)}  # re-reports rungs 1-2, then trains on
+    after |= {name: _run(resumed, name, steps, sweep, clock) for name in ("c", "d")}
+    assert after == {name: uninterrupted[name] for name in ("b", "c", "d")}
+
+    # without the stored rungs (what Tune restores), "a" is forgotten: "c" is stopped a rung early
+    forgetful = _asha(tmp_path)
+    _run(forgetful, "b", steps)
+    assert _run(forgetful, "c", steps) == [(1.0, "STOP")] != uninterrupted["c"]

@@ -90,20 +90,21 @@ def study_analyze(
     out: Annotated[Path | None, typer.Option(help="output directory (default: <study>/analysis)")] = None,
     overwrite: Annotated[bool, typer.Option(help="replace an existing analysis directory")] = False,
 ) -> None:
-    """Preference rates with Wilson CIs and sign tests, no-preference rate, kappa, time per pair."""
+    """Preference rates (one vote per pair: the majority of its readers) with Wilson CIs and sign
+    tests, no-preference rate, kappa, time per pair."""
     from craft_ray.study.analysis import analyze_study
     from craft_ray.study.report import CHART, MARKDOWN, write_report
 
     analysis = analyze_study(study)
     target = write_report(analysis, out or Path(study) / "analysis", overwrite)
     table = Table(title=escape(f"{len(analysis.judgements)} answers from {len(analysis.readers)} reader(s)"))
-    for col in ("comparison", "label", "answers", "first preferred [95% CI]", "sign p", "no preference"):
+    for col in ("comparison", "label", "pairs", "first preferred [95% CI]", "sign p", "no preference"):
         table.add_column(col)
     for r in analysis.preferences:
         table.add_row(
             escape(f"{r['first']} vs {r['second']}"),
             escape(r["label"]),
-            str(r["answers"]),
+            str(r["pairs"]),
             f"{r['first_rate']:.0%} [{r['first_rate_low']:.0%}, {r['first_rate_high']:.0%}]",
             f"{r['sign_test_p']:.3g}",
             f"{r['no_preference_rate']:.0%}",

@@ -7,8 +7,10 @@ seeds for every method; the out-of-family classifier is the shipped CNN), a repo
 report`: tables, figures, sample grids) and the headline table. With several seeds, a summary of
 mean ± sd per method over the seeds.
 
-Re-running continues: existing data and calibration are reused, unfinished runs resume from
-their last checkpoint, finished runs are not retrained and finished evaluations are reused.
+Re-running continues: existing data and calibration are reused (while they are what the demo asks
+for: data of other options, or a calibration whose data or evaluator weights changed, is an error),
+unfinished runs resume from their last checkpoint, finished runs are not retrained and finished
+evaluations are reused (an evaluation is identified by the digests of its inputs).
 """
 
 from __future__ import annotations
@@ -28,7 +30,9 @@ from craft_ray.data.phantoms import make_phantom_dataset
 from craft_ray.data.schema import MANIFEST_NAME, Manifest
 from craft_ray.demo.experiments import DEMO_EXPERIMENTS, DemoExperiment, DemoLayout, load_experiments
 from craft_ray.demo.summary import aggregate, method_row, seed_differences, strict_json, verdict_counts
+from craft_ray.errors import ConfigError
 from craft_ray.evaluation import EvalRequest, Reporter, RunResult, evaluate, open_run
+from craft_ray.evaluation.digests import Digests
 from craft_ray.evaluation.paired import RunScores, paired_comparison, pool_comparisons
 from craft_ray.evaluation.references import evaluation_spec
 from craft_ray.evaluation.run_metrics import oof_spec, real_scores
@@ -92,43 +96,100 @@ def pooled_differences(results: list[SeedResult], baseline: str) -> dict[str, di
 
 
 def ensure_data(cfg: ExperimentConfig, opts: DemoOptions, reporter: Reporter) -> Manifest:
+    """The demo's phantoms: made once, reused while they are what this demo asks for (a dataset
+    made with other options, e.g. another --n, is an error, never silently used)."""
     target = Path(cfg.dataset.uri)
-    if (target / MANIFEST_NAME).exists():
-        reporter.say(f"data: reusing {target}")
-        return read_manifest(str(target))
     modality = get_dataset(cfg.dataset.name).modality
+    if (target / MANIFEST_NAME).exists():
+        manifest = read_manifest(str(target))
+        made = {"origin": manifest.origin, "modality": manifest.modality, **manifest.options}
+        wanted = {
+            "origin": "phantom",
+            "modality": modality,
+            "n": opts.n,
+            "size": opts.size,
+            "seed": DATA_SEED,
+        }
+        changed = [f"{k} {made.get(k)!r} (this demo: {v!r})" for k, v in wanted.items() if made.get(k) != v]
+        if changed:
+            raise ConfigError(
+                f"{target} holds data made with other options: {', '.join(changed)}; "
+                "use a new --out, or the options it was made with"
+            )
+        reporter.say(f"data: reusing {target}")
+        return manifest
     with reporter.progress(f"phantom {modality} images") as update:
         return make_phantom_dataset(modality, opts.n, target, opts.size, DATA_SEED, progress=update)
 
 
+def calibration_inputs(cfg: ExperimentConfig, spec: EvaluatorSpec) -> dict[str, Any]:
+    """Digests of what a calibration is computed from: the real data and the evaluator's models."""
+    digests = Digests()
+    return {
+        "data": digests.dataset(cfg.dataset.uri),
+        "vlm": digests.model(spec.vlm, "vlm"),
+        "mllm": digests.model(spec.mllm, "mllm"),
+    }
+
+
+def inputs_path(path: Path) -> Path:
+    return path.with_name(path.stem + ".inputs.json")
+
+
 def ensure_calibrations(cfg: ExperimentConfig, reporter: Reporter) -> None:
     """The real-image calibrations: the reward's (its VLM's realism reference) and the evaluation's
-    (thresholds and reference of the independent evaluator)."""
+    (thresholds and reference of the independent evaluator). Beside each (`<name>.inputs.json`) the
+    digests of the data and models it was made from: a calibration is reused only while its
+    evaluator, data and model weights are the same."""
     roles = (
         ("reward", cfg.reward.calibration, EvaluatorSpec.from_config(cfg)),
         ("evaluation", cfg.evaluation.calibration, evaluation_spec(cfg)),
     )
     for role, where, spec in roles:
         path = Path(where or "")
+        inputs = calibration_inputs(cfg, spec)
         if path.is_file():
-            if Calibration.load(path).evaluator == spec:
-                reporter.say(f"{role} calibration: reusing {path}")
-                continue
-            raise_stale(path)
+            if Calibration.load(path).evaluator != spec:
+                raise_stale(
+                    path,
+                    "another evaluator than the demo's experiments now name (weights, VLM or labels)",
+                )
+            recorded = read_json_file(inputs_path(path))
+            changed = [k for k in inputs if recorded.get(k) != inputs[k]]
+            if changed:
+                what = {
+                    "data": "the data (regenerated since)",
+                    "vlm": "the VLM's weights",
+                    "mllm": "the MLLM",
+                }
+                raise_stale(
+                    path,
+                    "other inputs: " + ", ".join(what[k] for k in changed)
+                    if recorded
+                    else "inputs it does not record",
+                )
+            reporter.say(f"{role} calibration: reusing {path}")
+            continue
         with reporter.progress(
             f"calibrating the {role} CAS ({spec.vlm}) on real {cfg.dataset.val_split} images"
         ) as update:
             calibration = calibrate(spec, cfg.dataset.uri, cfg.dataset.val_split, progress=update)
         path.parent.mkdir(parents=True, exist_ok=True)
         calibration.save(path)
+        write_text_atomic(inputs_path(path), json.dumps(inputs, indent=1) + "\n")
 
 
-def raise_stale(path: Path) -> None:
-    from craft_ray.errors import ConfigError
+def read_json_file(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
 
+
+def raise_stale(path: Path, why: str) -> None:
     raise ConfigError(
-        f"{path} was calibrated with another evaluator than the demo's experiments now name "
-        "(evaluation weights, VLM or labels changed): use a new --out, or remove that file"
+        f"{path} was calibrated with {why}; the runs trained with it and their evaluations "
+        "belong to it: use a new --out, or remove that file"
     )
 
 

@@ -14,7 +14,13 @@ import numpy as np
 
 from craft_ray.cas.score import DIMENSIONS
 from craft_ray.cas.tail import image_threshold
-from craft_ray.evaluation.memorisation import copy_share, nearest_neighbours
+from craft_ray.evaluation.memorisation import (
+    calibrated_threshold,
+    copy_share,
+    heldout_flags,
+    nearest_neighbours,
+    threshold_interval,
+)
 from craft_ray.evaluation.stats import auroc, bootstrap_difference, bootstrap_summary, share_interval
 
 SCORE_COLUMNS = ("cas", *DIMENSIONS)
@@ -197,28 +203,59 @@ def memorisation_table(
     real: np.ndarray,
     generated_ids: Sequence[str],
     real_ids: Sequence[str],
-    threshold: float,
+    threshold: float | None,
     top: int,
     level: float,
     heldout: np.ndarray | None = None,
-    heldout_q: float = 0.99,
+    q: float = 0.95,
+    n_boot: int = 1000,
+    seed: int = 0,
 ) -> dict[str, Any]:
-    """Nearest real training image of each generated one; the share at or above the copy threshold
-    (Wilson CI); similarity quantiles; the `top` most similar pairs. With `heldout` (embeddings of
-    real images outside the training split, which are no copies by construction), also the share
-    of generated images closer to their neighbour than the `heldout_q` quantile of held-out images."""
+    """Nearest real training image of each generated one and the share of copies (at or above the
+    copy threshold), beside the same share for held-out real images (`heldout`: embeddings of real
+    images outside the training split, no copies by construction).
+
+    `threshold` None calibrates it: the `q`-quantile of the held-out images' nearest-training
+    similarity. The held-out rate is then counted leave-one-out (each held-out image against the
+    threshold of the others), and the generated share's interval includes the threshold's own
+    noise: the Wilson interval at the ends of the threshold's bootstrap interval. A fixed threshold
+    gives plain Wilson intervals."""
     nn = nearest_neighbours(generated, real)
-    copies, n = copy_share(nn.similarity, threshold)
+    held = nearest_neighbours(heldout, real).similarity if heldout is not None and len(heldout) else None
+    calibrate = threshold is None
+    if calibrate:
+        if held is None or len(held) < 2:
+            raise ValueError(
+                "the copy threshold is calibrated on held-out real images (copy_threshold: auto), "
+                "and there are fewer than 2"
+            )
+        threshold = calibrated_threshold(held, q)
+        t_low, t_high = threshold_interval(held, q, n_boot, level, seed)
+        copies, n = copy_share(nn.similarity, threshold)
+        ci = [  # fewest copies at the highest plausible threshold, most at the lowest
+            share_interval(copy_share(nn.similarity, max(threshold, t_high))[0], n, level)[0],
+            share_interval(copy_share(nn.similarity, min(threshold, t_low))[0], n, level)[1],
+        ]
+        calibration: dict[str, Any] = {
+            "threshold_source": "auto",
+            "threshold_q": q,
+            "threshold_ci": [t_low, t_high],
+        }
+        held_flags = heldout_flags(held, q)
+    else:
+        copies, n = copy_share(nn.similarity, threshold)
+        ci = list(share_interval(copies, n, level))
+        calibration = {"threshold_source": "fixed"}
+        held_flags = None if held is None else held >= threshold
     order = np.argsort(-nn.similarity, kind="stable")[:top]
     out: dict[str, Any] = {
         "threshold": threshold,
+        **calibration,
         "n": n,
         "copies": copies,
         "share": copies / n if n else math.nan,
-        "ci": list(share_interval(copies, n, level)),
-        "similarity_quantiles": {
-            f"{q:g}": float(np.quantile(nn.similarity, q)) for q in (0.5, 0.9, 0.99, 1.0)
-        },
+        "ci": ci,
+        "similarity_quantiles": _quantiles(nn.similarity),
         "top_pairs": [
             {
                 "generated": generated_ids[i],
@@ -228,18 +265,21 @@ def memorisation_table(
             for i in order
         ],
     }
-    if heldout is not None and len(heldout):
-        reference = float(np.quantile(nearest_neighbours(heldout, real).similarity, heldout_q))
-        above = int((nn.similarity > reference).sum())
+    if held_flags is not None:
+        k = int(held_flags.sum())
         out["heldout"] = {
-            "q": heldout_q,
-            "n": int(len(heldout)),
-            "similarity": reference,
-            "above": above,
-            "share": above / n if n else math.nan,
-            "ci": list(share_interval(above, n, level)),
+            "n": int(len(held_flags)),
+            "copies": k,
+            "share": k / len(held_flags),
+            "ci": list(share_interval(k, len(held_flags), level)),
+            "counted": "leave-one-out" if calibrate else "at the fixed threshold",
+            "similarity_quantiles": _quantiles(held),
         }
     return out
+
+
+def _quantiles(similarity: np.ndarray) -> dict[str, float]:
+    return {f"{q:g}": float(np.quantile(similarity, q)) for q in (0.5, 0.9, 0.99, 1.0)}
 
 
 def audit_table(

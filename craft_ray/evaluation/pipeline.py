@@ -29,7 +29,7 @@ from craft_ray.evaluation.generation import SamplerSettings
 from craft_ray.evaluation.plan import Plan
 from craft_ray.evaluation.source import ModelSource
 from craft_ray.evaluation.stages import ClassifyStage, GenerateStage, ScoreStage
-from craft_ray.evaluation.store import IMAGES, SCORES, EvalStore
+from craft_ray.evaluation.store import IMAGES, PLAN_KEY, SCORES, EvalStore
 from craft_ray.knowledge.labels import get_dataset
 from craft_ray.models.classifier import Classifier
 from craft_ray.outputs import atomic_file
@@ -143,6 +143,7 @@ def run_shards(
     total, done = len(plan.rows), len(plan.rows) - sum(expected.values())
     buffers: dict[int, list[pa.Table]] = defaultdict(list)
     counts: dict[int, int] = defaultdict(int)
+    digest = plan.digest()
     if progress:
         progress(done, total)
     for table in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
@@ -152,8 +153,10 @@ def run_shards(
             counts[shard] += part.num_rows
             done += part.num_rows
             if counts[shard] == expected[shard]:
+                rows = pa.concat_tables(buffers.pop(shard))
+                rows = rows.replace_schema_metadata({**(rows.schema.metadata or {}), PLAN_KEY: digest})
                 with atomic_file(store.shard_path(shard)) as tmp:
-                    pq.write_table(pa.concat_tables(buffers.pop(shard)), tmp, compression="zstd")
+                    pq.write_table(rows, tmp, compression="zstd")
         if progress:
             progress(done, total)
     missing = sorted(set(shards) - store.done_shards())

@@ -4,12 +4,19 @@ For each evaluated label y, `n_per_label` label sets are drawn (with replacement
 label sets of the real split's images that have y (restricted to the evaluated labels), so a
 multi-label dataset keeps its co-occurrences ("Pleural Effusion" often comes with "Support
 Devices"). A label with no real image in the split is generated alone (and the plan says so).
-Row i's seed depends only on (evaluation seed, i): every run evaluated with the same settings gets
-the same label sets and seeds, which makes run-to-run comparisons paired.
+Row i's seed depends only on (evaluation seed, i, stream): every run evaluated with the same settings
+gets the same label sets and seeds, which makes run-to-run comparisons paired.
+
+Streams keep selection and final evaluation apart: `craft evaluate` draws from the `evaluate`
+stream, sweep validation (which picks the trial that is then evaluated) from `validate`. The two
+never share an image seed, whatever the seed values: `evaluate` seeds lie in [0, 2^31) and
+`validate` seeds in [2^31, 2^32), so an image that chose a trial is never one that grades it.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
@@ -38,6 +45,12 @@ class Plan:
     batch_size: int
     notes: list[str]
 
+    def digest(self) -> str:
+        """sha256 (16 hex) of every row and the shard and batch sizes: what a shard was generated for."""
+        rows = [r.as_dict() for r in self.rows]
+        text = json.dumps({"rows": rows, "shard_size": self.shard_size, "batch_size": self.batch_size})
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
     @property
     def n_shards(self) -> int:
         return -(-len(self.rows) // self.shard_size)
@@ -55,8 +68,25 @@ class Plan:
         return out
 
 
-def image_seed(seed: int, index: int) -> int:
-    return int(np.random.SeedSequence([int(seed), 11, int(index)]).generate_state(1)[0] & 0x7FFFFFFF)
+STREAMS = {"evaluate": 0, "validate": 1}  # the stream's number is the seed's bit 31 and up
+
+
+def _stream(stream: str) -> int:
+    if stream not in STREAMS:
+        raise EvaluationError(f"unknown seed stream {stream!r} (known: {', '.join(STREAMS)})")
+    return STREAMS[stream]
+
+
+def _entropy(stream: str, *parts: int) -> list[int]:
+    # the `evaluate` stream keeps the entropy it always had, so earlier evaluations reproduce
+    number = _stream(stream)
+    return [int(p) for p in parts] + ([number] if number else [])
+
+
+def image_seed(seed: int, index: int, stream: str = "evaluate") -> int:
+    """The seed of image `index`: 31 bits drawn from (seed, index, stream), in the stream's own range."""
+    low = int(np.random.SeedSequence(_entropy(stream, seed, 11, index)).generate_state(1)[0] & 0x7FFFFFFF)
+    return (_stream(stream) << 31) | low
 
 
 def make_plan(
@@ -66,6 +96,7 @@ def make_plan(
     seed: int,
     shard_size: int,
     batch_size: int,
+    stream: str = "evaluate",
 ) -> Plan:
     if n_per_label < 1:
         raise EvaluationError(f"--n-per-label must be at least 1, got {n_per_label}")
@@ -77,7 +108,7 @@ def make_plan(
     for j, label in enumerate(labels):
         pool = [ls for ls in restricted if label in ls]
         if pool:
-            picks = np.random.default_rng([int(seed), 7, j]).integers(0, len(pool), n_per_label)
+            picks = np.random.default_rng(_entropy(stream, seed, 7, j)).integers(0, len(pool), n_per_label)
             chosen = [list(pool[int(p)]) for p in picks]
         else:
             chosen = [[label]] * n_per_label
@@ -90,7 +121,7 @@ def make_plan(
                     image_id=f"gen-{index:06d}",
                     target_label=label,
                     labels=label_set,
-                    seed=image_seed(seed, index),
+                    seed=image_seed(seed, index, stream),
                     shard=index // shard_size,
                 )
             )

@@ -17,6 +17,7 @@ from craft_ray.cas.score import build_evaluator
 from craft_ray.config import ExperimentConfig
 from craft_ray.data.images import decode_png
 from craft_ray.data.reading import image_to_tensor
+from craft_ray.errors import EvaluationError
 from craft_ray.evaluation.grids import image_grid
 from craft_ray.evaluation.metrics import (
     SCORE_COLUMNS,
@@ -213,20 +214,31 @@ def memorisation(
 
     real_emb, real_ids = real.embeddings(real.train_split, ev.memorisation_embedding, embed)
     heldout, _ = real.embeddings(real.val_split, ev.memorisation_embedding, embed)
+    auto = ev.copy_threshold == "auto"
+    if auto and len(heldout) < 2:
+        raise EvaluationError(
+            f"evaluation.copy_threshold auto calibrates on the held-out split '{real.val_split}' of "
+            f"{real.uri}, which has {len(heldout)} image(s); give a number instead"
+        )
     generated = np.asarray(scores.column("embedding").to_pylist(), dtype=np.float32)
     result = memorisation_table(
         generated,
         real_emb,
         scores.column("image_id").to_pylist(),
         real_ids,
-        ev.copy_threshold,
+        None if auto else float(ev.copy_threshold),
         ev.top_pairs,
         ev.ci_level,
         heldout=heldout,
+        q=ev.copy_quantile,
+        n_boot=ev.n_boot,
+        seed=ev.seed,
     )
     result["embedding"] = ev.memorisation_embedding
+    if "heldout" in result:
+        result["heldout"]["split"] = real.val_split
     result["grid"] = PAIRS_PNG
-    pairs_grid(table, result["top_pairs"], real, out_dir / PAIRS_PNG, ev.copy_threshold)
+    pairs_grid(table, result["top_pairs"], real, out_dir / PAIRS_PNG, result["threshold"])
     return result
 
 
@@ -246,7 +258,7 @@ def pairs_grid(table: pa.Table, pairs: list[dict], real: RealData, path: Path, t
         gen_caps + ref_caps,
         path,
         cols=len(pairs),
-        title=f"Most similar generated / real training pairs (copy threshold {threshold:g})",
+        title=f"Most similar generated / real training pairs (copy threshold {threshold:.3f})",
         row_labels=["generated", "nearest real"],
     )
 

@@ -4,7 +4,8 @@ Data, assemble, compute the metrics, and compare with the baselines.
 All runs of one command share the request (labels, images per label, split, seed, evaluator,
 calibration, out-of-family classifier), so they are compared on the same label sets and seeds.
 Every input is checked and every output's state decided before any work starts; a finished
-evaluation with the same identity is reused as it is.
+evaluation with the same identity (settings, plan and the digests of data, calibration, models
+and weights) is reused as it is, one with another is an error naming what changed.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from pydantic import ValidationError
 
 from craft_ray.config import EvaluationConfig, ExperimentConfig
 from craft_ray.errors import ConfigError, EvaluationError
+from craft_ray.evaluation.digests import Digests
 from craft_ray.evaluation.generation import SamplerSettings
 from craft_ray.evaluation.in_reward import in_reward
 from craft_ray.evaluation.pipeline import assemble, build_dataset, plan_resources, read_shards, run_shards
@@ -102,7 +104,11 @@ def check_runs(main: ModelSource, baselines: list[ModelSource], labels: list[str
         raise EvaluationError(f"the same run is given twice: {names}")
 
 
-def request_identity(cfg: ExperimentConfig, labels: list[str]) -> dict[str, Any]:
+def request_identity(
+    cfg: ExperimentConfig, labels: list[str], plan: Plan, digests: Digests | None = None
+) -> dict[str, Any]:
+    """What every run of one command is evaluated with: the settings, the plan (label sets, seeds,
+    shards) and the digests of the inputs, so a changed input is never a finished evaluation."""
     ev = cfg.evaluation
     return {
         "dataset": cfg.dataset.name,
@@ -118,6 +124,31 @@ def request_identity(cfg: ExperimentConfig, labels: list[str]) -> dict[str, Any]
         "classifier": ev.classifier
         or f"auto:{cfg.dataset.uri}[{cfg.dataset.train_split}] epochs={ev.classifier_epochs}",
         "memorisation_embedding": ev.memorisation_embedding,
+        "metrics": {
+            "copy_threshold": ev.copy_threshold,
+            "copy_quantile": ev.copy_quantile,
+            "top_pairs": ev.top_pairs,
+            "n_boot": ev.n_boot,
+            "ci_level": ev.ci_level,
+        },
+        "plan": plan.digest(),
+        "inputs": input_digests(cfg, digests or Digests()),
+    }
+
+
+def input_digests(cfg: ExperimentConfig, digests: Digests) -> dict[str, Any]:
+    """Digests of the data, the calibration file and the evaluator and classifier models (a cached
+    calibration or classifier that the evaluation makes itself follows from the data)."""
+    ev, spec = cfg.evaluation, evaluation_spec(cfg)
+    option = calibration_option(cfg)
+    if not option.startswith("auto:") and not Path(option).is_file():
+        raise EvaluationError(f"calibration file not found: {option}")
+    return {
+        "data": digests.dataset(cfg.dataset.uri),
+        "calibration": None if option.startswith("auto:") else digests.file(option),
+        "vlm": digests.model(spec.vlm, "vlm"),
+        "mllm": digests.model(spec.mllm, "mllm"),
+        "classifier": digests.model(ev.classifier, "classifier"),
     }
 
 
@@ -144,8 +175,11 @@ def plan_jobs(
     cfg: ExperimentConfig,
     labels: list[str],
     request: EvalRequest,
+    plan: Plan,
+    digests: Digests | None = None,
 ) -> list[Job]:
-    shared = request_identity(cfg, labels)
+    digests = digests or Digests()
+    shared = request_identity(cfg, labels, plan, digests)
     jobs = []
     for k, source in enumerate((main, *baselines)):
         if k == 0 and request.out is not None:
@@ -159,12 +193,18 @@ def plan_jobs(
         identity = {
             **shared,
             "model": source.name,
+            "base": digests.model(source.cfg.model.base, "diffusion", source.cfg.model.revision),
             "weights": source.weights_digest(),
             "sampler": sampler_for(source, cfg.evaluation).__dict__,
         }
         store = EvalStore(directory)
         jobs.append(Job(source, store, identity, store.state(identity, request.overwrite)))
     return jobs
+
+
+def evaluation_plan(cfg: ExperimentConfig, labels: list[str], real: RealData) -> Plan:
+    ev = cfg.evaluation
+    return make_plan(real.label_sets(), labels, ev.n_per_label, ev.seed, ev.shard_size, ev.batch_size)
 
 
 def evaluate(
@@ -179,7 +219,8 @@ def evaluate(
     labels = list(request.labels or cfg.evaluation.labels or cfg.dataset.label_space)
     check_runs(main, baselines, labels)
     real = RealData(cfg, labels, cfg.evaluation.split)
-    jobs = plan_jobs(main, baselines, cfg, labels, request)
+    plan = evaluation_plan(cfg, labels, real)
+    jobs = plan_jobs(main, baselines, cfg, labels, request, plan)
     results: dict[str, RunResult] = {}
     pending = [job for job in jobs if job.state != "complete"]
     if pending:
@@ -189,14 +230,6 @@ def evaluate(
         refs = resolve_references(cfg, labels, jobs[0].store, reporter.progress)
         reporter.say(f"calibration: {refs.calibration_note}")
         reporter.say(f"out-of-family evaluator: {refs.classifier_note}")
-        plan = make_plan(
-            real.label_sets(),
-            labels,
-            cfg.evaluation.n_per_label,
-            cfg.evaluation.seed,
-            cfg.evaluation.shard_size,
-            cfg.evaluation.batch_size,
-        )
         for note in plan.notes:
             reporter.say(note)
         for job in pending:
@@ -235,6 +268,7 @@ def run_job(
     }
     work = store.start(settings, fresh=job.state == "new")
     refs.save(work)
+    store.check_shards(plan.digest())
     todo = [s for s in range(plan.n_shards) if s not in store.done_shards()]
     if todo:
         import ray

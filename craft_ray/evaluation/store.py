@@ -12,6 +12,10 @@
                                 images; a rerun of the same command continues it
 
 The finished directory replaces an older one only with `--overwrite`, in one rename at the end.
+eval.json's identity holds digests of every input (data, calibration, models, plan; see
+`craft_ray.evaluation.runner.request_identity`): an evaluation is reused or continued only when
+all are the same, and each shard records its plan's digest, so shards of another plan are never
+mixed in.
 """
 
 from __future__ import annotations
@@ -33,15 +37,30 @@ CLASSIFIER = "classifier"
 PAIRS_PNG = "memorisation_pairs.png"
 
 
-def _differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    keys = sorted(set(old) | set(new))
-    return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys if old.get(k) != new.get(k)]
+def _differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    """What changed between two identities, by dotted key (nested dicts compared key by key)."""
+    out = []
+    for k in sorted(set(old) | set(new)):
+        a, b = old.get(k), new.get(k)
+        if a == b:
+            continue
+        if isinstance(a, dict) and isinstance(b, dict):
+            out.extend(_differences(a, b, f"{prefix}{k}."))
+        else:
+            out.append(f"{prefix}{k}: {a!r} -> {b!r}")
+    return out
+
+
+PLAN_KEY = b"craft_ray.plan"  # a shard's parquet metadata: the digest of the plan it was generated for
 
 
 class EvalStore:
     def __init__(self, final: str | Path):
         self.final = Path(final)
         self.partial = self.final.with_name(self.final.name + ".partial")
+        # whether artefacts cached here (calibration, classifier) belong to the evaluation asked
+        # for: not when an evaluation with other settings is being replaced (--overwrite)
+        self.cache_valid = True
 
     def _settings(self, directory: Path) -> dict[str, Any] | None:
         path = directory / SETTINGS
@@ -64,6 +83,7 @@ class EvalStore:
                     continue  # promoted without metrics: cannot happen, but then redo from partial
                 return kind
             if overwrite:
+                self.cache_valid = False
                 continue
             what = "an evaluation" if kind == "complete" else "an unfinished evaluation"
             diff = _differences((settings or {}).get("identity", {}), identity)
@@ -87,6 +107,20 @@ class EvalStore:
     def done_shards(self) -> set[int]:
         return {int(p.stem.split("-")[1]) for p in (self.partial / SHARDS).glob("shard-*.parquet")}
 
+    def check_shards(self, plan_digest: str) -> None:
+        """Every finished shard was generated for this plan: shards of another are never mixed in."""
+        import pyarrow.parquet as pq
+
+        for shard in sorted(self.done_shards()):
+            path = self.shard_path(shard)
+            metadata = pq.read_schema(path).metadata or {}
+            found = metadata.get(PLAN_KEY, b"none").decode()
+            if found != plan_digest:
+                raise EvaluationError(
+                    f"{path} was generated for another plan (digest {found}, this evaluation's plan is "
+                    f"{plan_digest}): its images would be mixed with others; pass --overwrite to start again"
+                )
+
     def promote(self) -> Path:
         """partial -> final in one rename (an older final, allowed by --overwrite, goes first)."""
         if self.final.exists():
@@ -101,7 +135,10 @@ class EvalStore:
         return self.final
 
     def existing(self, name: str) -> Path | None:
-        """A cached artefact (calibration, classifier) of this evaluation, finished or under way."""
+        """A cached artefact (calibration, classifier) of this evaluation, finished or under way
+        (none while an evaluation with other settings is being replaced)."""
+        if not self.cache_valid:
+            return None
         for directory in (self.final, self.partial):
             if (directory / name).exists():
                 return directory / name

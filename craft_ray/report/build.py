@@ -25,7 +25,16 @@ from craft_ray.evaluation.grids import image_grid
 from craft_ray.evaluation.store import CALIBRATION, IMAGES, METRICS, PAIRS_PNG, SCORES, SETTINGS
 from craft_ray.outputs import atomic_dir, check_output
 from craft_ray.report import figures
-from craft_ray.report.tables import Table, auroc_gaps, num, pct, to_markdown, with_ci
+from craft_ray.report.tables import (
+    MEMORISATION_COLUMNS,
+    Table,
+    auroc_gaps,
+    memorisation_cells,
+    num,
+    pct,
+    to_markdown,
+    with_ci,
+)
 
 REPORT_NAME = "report.md"
 FIGURES = "figures"
@@ -353,31 +362,13 @@ def downstream_section(runs: list[Evaluated], fig_dir: Path) -> str:
 
 def memorisation_section(runs: list[Evaluated], fig_dir: Path) -> str:
     table = Table(
-        "Memorisation: nearest real training image of each generated image",
-        [
-            "dataset",
-            "model",
-            "embedding",
-            "copy threshold",
-            "copies",
-            "max similarity",
-            "above held-out q0.99",
-        ],
+        "Memorisation: nearest real training image of each generated image, and of each held-out real "
+        "image (the rate a generator of new real-like images would get)",
+        ["dataset", "model", "embedding", *MEMORISATION_COLUMNS],
     )
     for r in runs:
         m = r.metrics["memorisation"]
-        held = m.get("heldout") or {}
-        table.rows.append(
-            [
-                r.dataset,
-                r.name,
-                m["embedding"],
-                num(m["threshold"]),
-                pct(m["share"], m["ci"]),
-                num(m["similarity_quantiles"]["1"]),
-                pct(held["share"], held["ci"]) if held else "-",
-            ]
-        )
+        table.rows.append([r.dataset, r.name, m["embedding"], *memorisation_cells(m)])
     grids = []
     for k, r in enumerate(runs):
         source = r.directory / r.metrics["memorisation"].get("grid", PAIRS_PNG)

@@ -213,24 +213,31 @@ def downstream_table(metrics: dict[str, Any]) -> Table:
     return table
 
 
+MEMORISATION_COLUMNS = ["copy threshold", "copies: generated", "copies: held-out real", "max similarity"]
+
+
+def memorisation_cells(m: dict[str, Any]) -> list[str]:
+    """The copy threshold (how it was set), the generated and the held-out copy rates (CIs), the
+    highest similarity: what `craft evaluate` and `craft report` show of one run's memorisation."""
+    if m.get("threshold_source") == "auto":
+        held_n = (m.get("heldout") or {}).get("n", "?")
+        how = f"{num(m['threshold'])} [{num(m['threshold_ci'][0])}, {num(m['threshold_ci'][1])}]"
+        how += f" (q{m['threshold_q']:g} of {held_n} held-out)"
+    else:
+        how = f"{num(m['threshold'])} (fixed)"
+    held = m.get("heldout") or {}
+    held_cell = pct(held["share"], held["ci"]) + f" of {held['n']}" if "copies" in held else "-"
+    return [how, pct(m["share"], m["ci"]) + f" of {m['n']}", held_cell, num(m["similarity_quantiles"]["1"])]
+
+
 def memorisation_table(metrics: dict[str, Any]) -> Table:
     m = metrics["memorisation"]
     table = Table(
         f"Memorisation of {metrics['model']}: nearest real training image ({m['embedding']} embedding)",
-        ["images", "copy threshold", "copies", "max similarity", "held-out reference", "above reference"],
-        note=f"top pairs: {m.get('grid', '')}",
+        MEMORISATION_COLUMNS,
+        note=f"top pairs: {m.get('grid', '')}; a copy: similarity at or above the threshold",
     )
-    held = m.get("heldout") or {}
-    table.rows.append(
-        [
-            str(m["n"]),
-            num(m["threshold"]),
-            pct(m["share"], m["ci"]),
-            num(m["similarity_quantiles"]["1"]),
-            f"q{held['q']:g} = {held['similarity']:.3f}" if held else "-",
-            pct(held["share"], held["ci"]) if held else "-",
-        ]
-    )
+    table.rows.append(memorisation_cells(m))
     return table
 
 

@@ -1,12 +1,15 @@
 """`craft study analyze`: what the readers' answers say, unblinded with key.parquet.
 
-The unit is one reader's answer to one pair (the latest revision when it was changed). For each two
-sources compared (two runs, or real vs a run for control pairs), overall and per label (pairs whose
-label set has the label):
+A reader's answer to a pair is its latest revision. The unit of the preference statistics is the
+pair, counted once however many readers answered it: its vote is the answer most of its readers
+gave (left, right or none), and a tie (one reader for each side, or as many for a side as for
+none) is no preference. Three readers who agree are one vote, not three: their answers are not
+independent trials (they judge the same two images). For each two sources compared (two runs, or
+real vs a run for control pairs), overall and per label (pairs whose label set has the label):
 
-- the preference rate of the first over the second among decisive answers (ties left out), with a
-  95 % Wilson interval and the two-sided exact sign test against 1/2;
-- the no-preference rate among all answers, with its Wilson interval.
+- the preference rate of the first over the second among decisive pairs (no-preference pairs left
+  out), with a 95 % Wilson interval and the two-sided exact sign test against 1/2;
+- the no-preference rate among all pairs, with its Wilson interval.
 
 Agreement between readers is over the pairs every reader answered, on the answer itself
 (left / right / none): Cohen's kappa for two readers, Fleiss' kappa for more. Time per pair is the
@@ -85,16 +88,33 @@ def load_judgements(study: StudyDir) -> list[Judgement]:
     return out
 
 
+def pair_vote(first: str, second: str, answers: list[Judgement]) -> str | None:
+    """The pair's one vote: the source most of its readers preferred, None for no preference (most
+    readers said none, or a tie)."""
+    counts = {
+        first: sum(j.winner == first for j in answers),
+        second: sum(j.winner == second for j in answers),
+    }
+    counts[None] = len(answers) - counts[first] - counts[second]
+    top = max(counts.values())
+    leaders = [k for k, v in counts.items() if v == top]
+    return leaders[0] if len(leaders) == 1 else None
+
+
 def preference_row(first: str, second: str, label: str, judgements: list[Judgement]) -> dict:
-    wins = sum(j.winner == first for j in judgements)
-    losses = sum(j.winner == second for j in judgements)
-    ties = len(judgements) - wins - losses
+    by_pair: dict[str, list[Judgement]] = defaultdict(list)
+    for j in judgements:
+        by_pair[j.pair_id].append(j)
+    votes = [pair_vote(first, second, answers) for answers in by_pair.values()]
+    wins, losses = votes.count(first), votes.count(second)
+    ties = len(votes) - wins - losses
     rate_low, rate_high = wilson(wins, wins + losses)
-    none_low, none_high = wilson(ties, len(judgements))
+    none_low, none_high = wilson(ties, len(votes))
     return {
         "first": first,
         "second": second,
         "label": label,
+        "pairs": len(votes),
         "answers": len(judgements),
         "first_preferred": wins,
         "second_preferred": losses,
@@ -103,7 +123,7 @@ def preference_row(first: str, second: str, label: str, judgements: list[Judgeme
         "first_rate_low": rate_low,
         "first_rate_high": rate_high,
         "sign_test_p": sign_test(wins, losses),
-        "no_preference_rate": ties / len(judgements),
+        "no_preference_rate": ties / len(votes),
         "no_preference_low": none_low,
         "no_preference_high": none_high,
     }

@@ -1,7 +1,7 @@
 """The analysis as files a report can include: a markdown table, a PNG bar chart, parquet and JSON.
 
 <out>/study.md           preference table, agreement, time per pair, flagged findings
-<out>/preferences.png    preference rate with 95 % Wilson CIs, overall and per label, per comparison
+<out>/preferences.png    preference rate (one vote per pair) with 95 % Wilson CIs, overall and per label
 <out>/preferences.parquet  the preference table, one row per comparison x label
 <out>/summary.json       everything above as data
 """
@@ -31,12 +31,12 @@ def _p(x: float) -> str:
 
 def preference_table(analysis: StudyAnalysis) -> str:
     lines = [
-        "| first vs second | label | answers | first | second | none | first preferred (95% CI) | sign test p | no preference (95% CI) |",
-        "|---|---|---:|---:|---:|---:|---|---:|---|",
+        "| first vs second | label | pairs | answers | first | second | none | first preferred (95% CI) | sign test p | no preference (95% CI) |",
+        "|---|---|---:|---:|---:|---:|---:|---|---:|---|",
     ]
     for r in analysis.preferences:
         lines.append(
-            f"| {r['first']} vs {r['second']} | {r['label']} | {r['answers']} | {r['first_preferred']} | "
+            f"| {r['first']} vs {r['second']} | {r['label']} | {r['pairs']} | {r['answers']} | {r['first_preferred']} | "
             f"{r['second_preferred']} | {r['no_preference']} | {_pct(r['first_rate'])} "
             f"[{_pct(r['first_rate_low'])}, {_pct(r['first_rate_high'])}] | {_p(r['sign_test_p'])} | "
             f"{_pct(r['no_preference_rate'])} [{_pct(r['no_preference_low'])}, {_pct(r['no_preference_high'])}] |"
@@ -65,8 +65,9 @@ def markdown(analysis: StudyAnalysis) -> str:
             f"## Reader study: {m.dataset}, {len(analysis.judgements)} answers from {len(analysis.readers)} reader(s)",
             "",
             f"{m.pairs} pairs ({m.n} label sets drawn from the {m.split} split, seed {m.seed}; {m.controls} real-image controls).",
-            "Preference among decisive answers with a 95% Wilson interval; exact two-sided sign test against 50%",
-            "(ties left out); the no-preference rate is over all answers.",
+            "Each pair counts once: its vote is what most of its readers answered (a tie is no preference);",
+            "first / second / none count pairs. Preference among decisive pairs with a 95% Wilson interval; exact",
+            "two-sided sign test against 50% (no-preference pairs left out); the no-preference rate is over all pairs.",
             "",
             preference_table(analysis),
             "",
@@ -92,21 +93,21 @@ def bar_chart(analysis: StudyAnalysis, path: Path) -> None:
     import matplotlib.ticker
 
     rows = analysis.preferences[::-1]  # first row on top
-    names = [f"{r['first']} vs {r['second']}\n{r['label']} (n={r['answers']})" for r in rows]
+    names = [f"{r['first']} vs {r['second']}\n{r['label']} ({r['pairs']} pairs)" for r in rows]
     fig, axes = plt.subplots(1, 2, figsize=(11, 1.0 + 0.55 * len(rows)), sharey=True, width_ratios=[3, 2])
     panels = (
         (
             "first_rate",
             "first_rate_low",
             "first_rate_high",
-            "first preferred over second (decisive answers)",
+            "first preferred over second (decisive pairs)",
             "#2a7de1",
         ),
         (
             "no_preference_rate",
             "no_preference_low",
             "no_preference_high",
-            "no preference (all answers)",
+            "no preference (all pairs)",
             "#8a93a6",
         ),
     )

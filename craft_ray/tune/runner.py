@@ -151,7 +151,7 @@ def make_tuner(spec: SweepSpec, plan: SweepPlan, sweep_uri: str, context: SweepC
         trainable,
         param_space={"name": tune.grid_search([t.name for t in plan.trials])},
         tune_config=tune.TuneConfig(
-            scheduler=build_scheduler(spec, plan),
+            scheduler=build_scheduler(spec, plan, sweep_uri),
             num_samples=1,
             max_concurrent_trials=spec.max_concurrent_trials,
             trial_name_creator=lambda trial: trial.config["name"],

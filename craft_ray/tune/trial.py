@@ -93,8 +93,9 @@ def run_rung(context: SweepContext, name: str, rung: int, step: int, trains: boo
     }
 
 
-def run_trial(config: dict[str, Any], context: SweepContext) -> None:
-    """The function trainable (`tune.with_parameters(run_trial, context=...)`)."""
+def run_trial(config: dict[str, Any], context: SweepContext, rung_runner=None) -> None:
+    """The function trainable (`tune.with_parameters(run_trial, context=...)`); `rung_runner`
+    (default `run_rung`) trains and validates one rung."""
     from ray import tune
 
     name = config["name"]
@@ -104,6 +105,8 @@ def run_trial(config: dict[str, Any], context: SweepContext) -> None:
         uri = validation_uri(context.sweep_uri, name, step)
         record = store.read_json(uri)
         if record is None:
-            record = run_rung(context, name, rung, step, trains, tune.report)
+            record = (rung_runner or run_rung)(context, name, rung, step, trains, tune.report)
+            # when it was validated: a restarted sweep's ASHA replays the stored rungs in this order
+            record["validated_at"] = time.time()
             store.write_json(uri, record)
         tune.report({**record, "phase": PHASE_VALIDATED})

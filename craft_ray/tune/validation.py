@@ -2,8 +2,8 @@
 of the real validation split, score them with the evaluation CAS, and compare with the real
 images' per-label thresholds.
 
-It reuses `craft evaluate`'s generation and scoring stages (same prompts, seeds, sampler and
-evaluator) outside Ray Data: a few dozen images do not need a pipeline. The evaluator is the
+It reuses `craft evaluate`'s generation and scoring stages (same prompts, sampler and evaluator;
+image seeds from the plan's `validate` stream, disjoint from `craft evaluate`'s) outside Ray Data: a few dozen images do not need a pipeline. The evaluator is the
 evaluation's (`evaluation.weights`, the same for every trial), never the trial's reward weights,
 so trials with different reward weights are compared on one scale. Validations run as Ray tasks
 with their own resources, so a trial holds no GPU while it only waits for its training run.
@@ -26,7 +26,7 @@ from craft_ray.cas.score import DIMENSIONS, EvaluatorSpec
 from craft_ray.config import ExperimentConfig
 from craft_ray.data.reading import read_table
 from craft_ray.evaluation.generation import SamplerSettings
-from craft_ray.evaluation.plan import make_plan
+from craft_ray.evaluation.plan import Plan, make_plan
 from craft_ray.evaluation.references import evaluation_spec
 from craft_ray.evaluation.source import ModelSource, open_run
 from craft_ray.tune import store
@@ -85,6 +85,22 @@ def summarise(scored: pa.Table) -> dict[str, float]:
     return out
 
 
+def validation_plan(cfg: ExperimentConfig, validation: ValidationConfig) -> Plan:
+    """The validation's label sets (from the real validation split) and image seeds: one shard."""
+    label_sets = (
+        read_table(cfg.dataset.uri, validation.split, columns=["labels"]).column("labels").to_pylist()
+    )
+    return make_plan(
+        label_sets,
+        list(cfg.dataset.label_space),
+        validation.n_per_label,
+        validation.seed,
+        10**9,
+        validation.batch_size,
+        stream="validate",  # never the images `craft evaluate` grades the selected trial on
+    )
+
+
 def validate_model(
     cfg_json: dict[str, Any],
     run_uri: str | None,
@@ -96,13 +112,7 @@ def validate_model(
 
     cfg = ExperimentConfig.model_validate(cfg_json)
     validation = ValidationConfig.model_validate(validation_json)
-    labels = list(cfg.dataset.label_space)
-    label_sets = (
-        read_table(cfg.dataset.uri, validation.split, columns=["labels"]).column("labels").to_pylist()
-    )
-    plan = make_plan(
-        label_sets, labels, validation.n_per_label, validation.seed, 10**9, validation.batch_size
-    )
+    plan = validation_plan(cfg, validation)
     threads = max(1, int(validation.cpus))
     with tempfile.TemporaryDirectory(prefix="craft-validate-") as scratch:
         source = _source(cfg, run_uri, Path(scratch))
