@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 
@@ -41,7 +42,7 @@ def test_demo_reuses_data_and_calibration_only_while_they_match(tmp_path):
     evaluator are the same, and regenerated data under the same path is noticed."""
     from craft_ray.data.phantoms import make_phantom_dataset
     from craft_ray.demo import DemoOptions
-    from craft_ray.demo.run import ensure_calibration, ensure_data
+    from craft_ray.demo.run import ensure_calibrations, ensure_data
     from craft_ray.evaluation import Reporter
 
     messages: list[str] = []
@@ -56,12 +57,15 @@ def test_demo_reuses_data_and_calibration_only_while_they_match(tmp_path):
     assert made.options["n"] == 40 and ensure_data(cfg, opts, Recording()) == made
     with pytest.raises(ConfigError, match=r"data made with other options: n 40 \(this demo: 60\)"):
         ensure_data(cfg, DemoOptions(tmp_path, n=60, size=32), Recording())
-    first = ensure_calibration(cfg, Recording())
-    assert ensure_calibration(cfg, Recording()) == first and "calibration: reusing" in messages[-1]
+    ensure_calibrations(cfg, Recording())
+    first = {p: Path(p).read_bytes() for p in (cfg.reward.calibration, cfg.evaluation.calibration)}
+    ensure_calibrations(cfg, Recording())
+    assert {p: Path(p).read_bytes() for p in first} == first
+    assert "reward calibration: reusing" in messages[-2] and "evaluation calibration: reusing" in messages[-1]
     # the data regenerated in place (another seed): the calibration made on the old data is stale
     make_phantom_dataset("chest", 40, cfg.dataset.uri, size=32, seed=5, overwrite=True)
     with pytest.raises(ConfigError, match=r"calibrated with other inputs: the data \(regenerated since\)"):
-        ensure_calibration(cfg, Recording())
+        ensure_calibrations(cfg, Recording())
     with pytest.raises(ConfigError, match=r"seed 5 \(this demo: 0\)"):
         ensure_data(cfg, opts, Recording())
 
