@@ -207,3 +207,29 @@ def test_demo_end_to_end_then_continues(ray_local, tmp_path):
     assert sum("trained (1 steps), reusing" in m for m in messages) == 3
     assert not any("training" in m or "continuing" in m for m in messages)
     assert summary_again["per_seed"][0]["craft"]["cas"] == pytest.approx(rows["craft"]["cas"])
+
+
+def test_a_warm_start_experiment_is_trained_first_and_not_evaluated(tmp_path):
+    """`model.init_lora: "@<run>"` names another experiment of the directory: it becomes the shared
+    warm start of the runs that continue from it (CRAFT and continued LoRA-SFT)."""
+    root = DEMO_EXPERIMENTS.parent
+    common = f"extends: [{root}/base.yaml, {root}/datasets/chexpert.yaml]\nmodel: {{base: tiny, vlm: tiny}}\n"
+    (tmp_path / "_common.yaml").write_text(common)
+    (tmp_path / "warm.yaml").write_text("extends: _common.yaml\nname: demo-warm\nmethod: lora_sft\n")
+    (tmp_path / "craft.yaml").write_text(
+        "extends: _common.yaml\nname: demo-craft\nmethod: craft\nmodel: {init_lora: '@demo-warm'}\n"
+    )
+    (tmp_path / "sft.yaml").write_text(
+        "extends: _common.yaml\nname: demo-sft\nmethod: lora_sft\nmodel: {init_lora: '@demo-warm'}\n"
+    )
+    layout = DemoLayout(tmp_path / "out")
+    experiments = load_experiments(tmp_path, layout, seed=2)
+    assert [e.cfg.run_name for e in experiments] == ["demo-warm", "demo-craft", "demo-sft"]
+    assert [e.evaluated for e in experiments] == [False, True, True]
+    warm_dir = str(layout.runs(2) / "demo-warm")
+    assert all(e.cfg.model.init_lora == warm_dir for e in experiments[1:])
+    (tmp_path / "sft.yaml").write_text(
+        "extends: _common.yaml\nname: demo-sft\nmethod: lora_sft\nmodel: {init_lora: '@demo-nope'}\n"
+    )
+    with pytest.raises(ConfigError, match="'@demo-nope' names no other experiment"):
+        load_experiments(tmp_path, layout, seed=2)

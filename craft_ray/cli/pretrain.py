@@ -129,7 +129,15 @@ def pretrain_diffusion(
 def pretrain_classifier(
     modality: Annotated[str, typer.Option(help="chest | derm | fundus | histo")],
     out: Annotated[Path, typer.Option(help="directory to write (weights, classifier.json, card)")],
-    n_train: Annotated[int, typer.Option(help="training phantoms of the modality (data seed 300)")] = 4000,
+    n_train: Annotated[int, typer.Option(help="training phantoms of the modality")] = 4000,
+    data_seed: Annotated[
+        int,
+        typer.Option(
+            help="phantom seed of the training data: 300 for the out-of-family evaluator (phantom:<modality>), "
+            "500 for a reward classifier (phantom-reward:<modality>, the positive control); never the "
+            "reward VLM's (200, 201), the evaluation VLM's (400), the demo's (0) or the gates' (999)"
+        ),
+    ] = 300,
     epochs: Annotated[int, typer.Option()] = 10,
     gate_n: Annotated[int, typer.Option(help="held-out phantoms (seed 999) for the gate")] = 400,
     seed: Annotated[int, typer.Option(help="initialisation and batch-order seed")] = 0,
@@ -152,6 +160,7 @@ def pretrain_classifier(
         threads,
         modality=modality,
         n_train=n_train,
+        data_seed=data_seed,
         epochs=epochs,
         gate_n=gate_n,
         seed=seed,

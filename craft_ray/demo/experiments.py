@@ -11,7 +11,7 @@ sizes) is read from the YAMLs, so a user changes the experiment there, or per ru
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -49,14 +49,24 @@ class DemoLayout:
         return self.seed_dir(seed) / "summary.json"
 
 
+WARM_PREFIX = "@"  # model.init_lora: "@<run name>" = another demo experiment's run of the same seed
+
+
 @dataclass
 class DemoExperiment:
     path: Path
     cfg: ExperimentConfig
+    warm_start_of: list[str] = field(default_factory=list)  # run names that start from this run
 
     @property
     def method(self) -> str:
         return self.cfg.method
+
+    @property
+    def evaluated(self) -> bool:
+        """A warm start is trained (first) and not evaluated: the comparison is between the runs
+        that continue from it."""
+        return not self.warm_start_of
 
 
 def experiment_files(directory: Path) -> list[Path]:
@@ -74,7 +84,9 @@ def load_experiments(
     """The demo's experiments for one seed, the main method (craft) first."""
     experiments = []
     for path in experiment_files(directory):
-        dataset = load_config(path, overrides).dataset.name
+        raw = load_config(path, overrides)
+        dataset = raw.dataset.name
+        warm = raw.model.init_lora or ""
         placed = {
             **(overrides or {}),
             "dataset.uri": str(layout.data(dataset)),
@@ -84,9 +96,34 @@ def load_experiments(
             "reward.calibration": str(layout.calibration(dataset, "reward")),
             "evaluation.calibration": str(layout.calibration(dataset, "evaluation")),
         }
+        if warm.startswith(WARM_PREFIX):
+            placed["model.init_lora"] = str(layout.runs(seed) / warm[len(WARM_PREFIX) :])
         experiments.append(DemoExperiment(path, load_config(path, placed)))
-    check_experiments(directory, experiments)
-    return sorted(experiments, key=lambda e: e.method != MAIN_METHOD)
+    link_warm_starts(directory, experiments)
+    check_experiments(directory, [e for e in experiments if e.evaluated])
+    # warm starts first (others start from them), then the main method, then the baselines
+    return sorted(experiments, key=lambda e: (e.evaluated, e.method != MAIN_METHOD))
+
+
+def link_warm_starts(directory: Path, experiments: list[DemoExperiment]) -> None:
+    """`model.init_lora: "@<run name>"` names another experiment of the directory: that one becomes a
+    warm start (trained first, not evaluated)."""
+    by_run = {e.cfg.run_name: e for e in experiments}
+    for exp in experiments:
+        source = exp.cfg.model.init_lora
+        if source is None or Path(source).parent != Path(exp.cfg.storage.path):
+            continue  # no warm start, or one outside the demo
+        name = Path(source).name
+        if name not in by_run or name == exp.cfg.run_name:
+            raise ConfigError(
+                f"{exp.path}: model.init_lora '@{name}' names no other experiment of {directory} "
+                f"(run names: {', '.join(sorted(by_run))})"
+            )
+        if by_run[name].cfg.model.init_lora:
+            raise ConfigError(
+                f"{exp.path}: its warm start '@{name}' has a warm start itself (one level only)"
+            )
+        by_run[name].warm_start_of.append(exp.cfg.run_name)
 
 
 def check_experiments(directory: Path, experiments: list[DemoExperiment]) -> None:

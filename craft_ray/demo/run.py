@@ -218,7 +218,8 @@ def ensure_trained(exp: DemoExperiment, reporter: Reporter) -> Path:
         run_training(cfg, resume=resume)
         return run_dir
     verb = "continuing" if resume else "training"
-    reporter.say(f"{cfg.run_name}: {verb} {cfg.method} for {steps} steps on {workers}")
+    start = f", starting from {Path(cfg.model.init_lora).name}'s LoRA" if cfg.model.init_lora else ""
+    reporter.say(f"{cfg.run_name}: {verb} {cfg.method} for {steps} steps on {workers}{start}")
     every = max(1, steps // 10)
 
     def on_report(metrics: dict[str, Any]) -> None:
@@ -240,10 +241,12 @@ def run_seed(opts: DemoOptions, seed: int, reporter: Reporter) -> SeedResult:
 
     layout = DemoLayout(opts.out)
     experiments = load_experiments(opts.experiments, layout, seed, opts.overrides)
-    main_cfg = experiments[0].cfg
+    main_cfg = next(e.cfg for e in experiments if e.evaluated)
     ensure_data(main_cfg, opts, reporter)
     ensure_calibrations(main_cfg, reporter)
-    run_dirs = [ensure_trained(exp, reporter) for exp in experiments]
+    trained = [(exp, ensure_trained(exp, reporter)) for exp in experiments]  # warm starts come first
+    experiments = [exp for exp, _ in trained if exp.evaluated]
+    run_dirs = [run_dir for exp, run_dir in trained if exp.evaluated]
     sources = [open_run(d) for d in run_dirs]
     results = evaluate(sources[0], sources[1:], EvalRequest(), reporter)
     with reporter.progress("report (tables, figures, sample grids)") as update:
