@@ -233,3 +233,35 @@ def test_a_warm_start_experiment_is_trained_first_and_not_evaluated(tmp_path):
     )
     with pytest.raises(ConfigError, match="'@demo-nope' names no other experiment"):
         load_experiments(tmp_path, layout, seed=2)
+
+
+def test_a_dataset_without_shipped_models_is_refused_before_any_work(tmp_path, craft_in_process, monkeypatch):
+    """`craft demo --dataset X` needs the shipped reward VLM, evaluation VLM and classifier of X's
+    modality: without them, one line naming the `craft pretrain` command, before Ray starts."""
+    import craft_ray.models.phantom as phantom
+
+    empty = tmp_path / "assets"
+    (empty / "diffusion").mkdir(parents=True)
+    (empty / "diffusion" / "model_index.json").write_text("{}")
+    monkeypatch.setattr(phantom, "assets_root", lambda: empty)
+    result = craft_in_process("demo", "--dataset", "isic", "--out", str(tmp_path / "demo"))
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "craft pretrain vlm --modality derm" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "demo").exists()  # nothing made
+    result = craft_in_process("demo", "--dataset", "dermoscopy", "--out", str(tmp_path / "demo"))
+    assert result.returncode == 2 and "chexpert, fundus, histopath, isic" in result.stderr
+
+
+def test_demo_dataset_settings_name_each_datasets_labels():
+    from craft_ray.demo.datasets import available, dataset_overrides
+    from craft_ray.knowledge.labels import get_dataset
+
+    assert available(DEMO_EXPERIMENTS) == ["chexpert", "fundus", "histopath", "isic"]
+    for name in available(DEMO_EXPERIMENTS):
+        sets = dataset_overrides(DEMO_EXPERIMENTS, name)
+        experiments = load_experiments(DEMO_EXPERIMENTS, DemoLayout(Path("/tmp/x")), 0, sets)
+        for exp in experiments:
+            assert exp.cfg.dataset.name == name
+            spec = get_dataset(name)
+            assert set(exp.cfg.evaluation.labels) <= set(spec.phantom_labels)
+            assert exp.cfg.model.vlm == f"phantom:{spec.modality}"

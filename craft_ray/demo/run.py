@@ -28,6 +28,7 @@ from craft_ray.config import ExperimentConfig
 from craft_ray.data import read_manifest
 from craft_ray.data.phantoms import make_phantom_dataset
 from craft_ray.data.schema import MANIFEST_NAME, Manifest
+from craft_ray.demo.datasets import check_shipped_models
 from craft_ray.demo.experiments import DEMO_EXPERIMENTS, DemoExperiment, DemoLayout, load_experiments
 from craft_ray.demo.summary import aggregate, method_row, seed_differences, strict_json, verdict_counts
 from craft_ray.errors import ConfigError
@@ -284,8 +285,9 @@ def run_demo(
 
     reporter = reporter or Reporter()
     seeds = seeds or [0]
-    for seed in seeds:  # every experiment config checked before any work
-        load_experiments(opts.experiments, DemoLayout(opts.out), seed, opts.overrides)
+    for seed in seeds:  # every experiment config, and the shipped models it names, checked before any work
+        for exp in load_experiments(opts.experiments, DemoLayout(opts.out), seed, opts.overrides):
+            check_shipped_models(exp.cfg)
     reporter.say(ensure_ray(address))
     results = []
     for seed in seeds:
@@ -295,6 +297,8 @@ def run_demo(
     methods = list(results[0].rows)
     differences = {r.seed: r.differences for r in results}
     summary = {
+        "dataset": results[0].results[0].source.cfg.dataset.name,
+        "main": methods[0],
         "seeds": seeds,
         "per_seed": per_seed,
         "methods": aggregate(per_seed),

@@ -296,9 +296,13 @@ def pool_comparisons(comparisons: list[dict[str, Any]], level: float = 0.95) -> 
         replicates = np.mean(np.stack([r["replicates"] for r in rows]), axis=0)
         ci = _interval(replicates, level)
         out[key] = {
+            "run": float(np.mean([r["run"] for r in rows])),
+            "baseline": float(np.mean([r["baseline"] for r in rows])),
             "difference": float(np.mean([r["difference"] for r in rows])),
             "ci": ci,
             "verdict": verdict(ci, _direction(key)),
             "experiments": len(rows),
         }
+        if key.startswith("tail") and out[key]["baseline"] > 0:
+            out[key]["relative_reduction"] = -out[key]["difference"] / out[key]["baseline"]
     return out
