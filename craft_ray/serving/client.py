@@ -191,7 +191,8 @@ class CASClient:
         return self.http.request("GET", "/v1/labels")["datasets"]
 
     def score(self, dataset: str, items: Sequence[tuple[ImageInput, Sequence[str]]]) -> dict:
-        """{'results': [one per item, in order], 'evaluator': {...}}."""
+        """{'results': [one per item, in order], 'evaluator': {...}}. An item the service could not
+        score (its MLLM refused it, ...) holds {'error': {'message', 'type', 'code'}} instead."""
         body = {
             "dataset": dataset,
             "items": [{"image": encode_image(image), "labels": list(labels)} for image, labels in items],
