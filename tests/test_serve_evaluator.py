@@ -338,7 +338,7 @@ def test_a_50_mb_body_is_refused_before_it_is_read(evaluator_url):
     )
     assert status == 411 and "Content-Length" in body["error"]["message"]
     grown = replica.memory_info().rss - before
-    assert grown < 4 * 2**20, f"the replica grew by {grown / 2**20:.1f} MiB"  # 150 MB were offered
+    assert grown < 4 * 2**20, f"the replica grew by {grown / 2**20:.1f} MiB"  # 100 MB were sent to it
     assert _post(evaluator_url, {"dataset": "chexpert", "items": [item]}).status_code == 200
 
 
