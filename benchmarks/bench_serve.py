@@ -80,7 +80,7 @@ def serve_evaluator(batch: int, vlm: str, mllm: str | None, port: int) -> str:
     args = config["applications"][0]["args"]
     args["datasets"] = {"chexpert": {"vlm": vlm, "mllm": mllm}}
     args["batching"] = {"max_batch_size": batch, "batch_wait_timeout_s": 0.01 if batch > 1 else 0.0}
-    args["api_key_env"] = None
+    args["auth"] = "none"
     return deploy_serve_config(config, port)
 
 

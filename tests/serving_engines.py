@@ -1,10 +1,13 @@
 """Engines for the MLLM service tests, loaded by Ray from this directory (runtime_env PYTHONPATH).
 
 `ScriptedJSONEngine` is the project's TransformersEngine (tiny model, real request parsing,
-response building, JSON validation and retry, HTTP) whose text generation is steered: for JSON
-requests the first generation is invalid JSON and the next a valid answer for the schema asked
-(checklist items or prompt variants). It stands in for a capable MLLM, which the tests cannot
-download, so that the valid-answer path of the builders is exercised end to end.
+grammar compilation, response building, JSON validation and retry, HTTP) whose text generation is
+steered: for JSON requests the first generation is cut short by max_tokens (finish "length", as a
+constrained answer can be) and the next a valid answer for the schema asked (checklist items or
+prompt variants), whose content a random model cannot write; asked about pneumothorax, it repeats
+one variant (valid JSON whose content the prompt enricher must refuse). It stands in for a capable MLLM,
+which the tests cannot download, so that the valid-answer path of the builders is exercised end to
+end.
 """
 
 from __future__ import annotations
@@ -41,23 +44,26 @@ def variants_answer(n: int) -> dict:
 
 class ScriptedGenerator:
     def __init__(self, real):
-        self.real, self.schema, self.calls = real, None, 0
+        self.real, self.schema, self.calls, self.repeat = real, None, 0, False
 
     def __getattr__(self, name):
         return getattr(self.real, name)
 
-    def generate(self, inputs, settings):
-        real = self.real.generate(inputs, settings)
+    def generate(self, inputs, settings, *args, **kwargs):
+        real = self.real.generate(inputs, settings, *args, **kwargs)
         if self.schema is None:
             return real
         self.calls += 1
-        if self.calls % 2 == 1:  # every first try: invalid, so the engine must retry
-            text = "not json {"
-        elif "items" in self.schema["properties"]:
+        if "items" in self.schema["properties"]:
             text = json.dumps(CHECKLIST_ANSWER)
         else:
-            text = json.dumps(variants_answer(self.schema["properties"]["variants"]["minItems"]))
-        return Generation(real.token_ids, text, "stop", real.step_logprobs, real.prompt_tokens)
+            variants = variants_answer(self.schema["properties"]["variants"]["minItems"])
+            if self.repeat:
+                variants["variants"] = [variants["variants"][0]] * len(variants["variants"])
+            text = json.dumps(variants)
+        if self.calls % 2 == 1:  # every first try: cut short, so the engine must generate again
+            return Generation(real.token_ids, text[:20], "length", real.logprobs, real.prompt_tokens)
+        return Generation(real.token_ids, text, "stop", real.logprobs, real.prompt_tokens)
 
 
 class ScriptedJSONEngine(TransformersEngine):
@@ -69,4 +75,5 @@ class ScriptedJSONEngine(TransformersEngine):
         fmt = request.response_format
         self.generator.schema = fmt.json_schema.json_schema if fmt is not None and fmt.json_schema else None
         self.generator.calls = 0
+        self.generator.repeat = "pneumothorax" in json.dumps(request.model_dump(include={"messages"})).lower()
         return super()._run(request)

@@ -1,5 +1,7 @@
 """The CAS evaluator service (serve/evaluator.yaml) over HTTP on 127.0.0.1: scores equal the
-local evaluator's, thresholds from a calibration, API key, a bad-input corpus, bounded load."""
+local evaluator's, thresholds from a calibration, API key, a bad-input corpus, bounded load, and a
+hostile corpus: a 50 MB body, one bad item among 16 concurrent callers, the MLLM upstream down, a
+key variable that is not set."""
 
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ import pytest
 import requests
 import torch
 from PIL import Image
-from serving_helpers import SERVE_DIR, b64, free_port, png_bytes
+from serving_helpers import SERVE_DIR, TinyMLLMEndpoint, b64, free_port, png_bytes
 from typer.testing import CliRunner
 
 from craft_ray.cas import Calibration, EvaluatorSpec, calibrate
@@ -35,16 +37,51 @@ def calibration_file(phantom_root, tmp_path_factory):
     return path
 
 
+MAX_BODY = 1_000_000
+ONLY_CHECKLIST = {"pathology": 1.0, "checklist": 1.0, "anatomy": 0.0, "realism": 0.0}  # fewer MLLM questions
+
+
+def overexposed(image: torch.Tensor) -> bool:
+    return float(image.mean()) > 0.95
+
+
 @pytest.fixture(scope="module")
-def evaluator_url(ray_local, calibration_file):
+def refusing_mllm():
+    """The tiny LLaVA behind the OpenAI routes, refusing over-exposed images (HTTP 400)."""
+    endpoint = TinyMLLMEndpoint(refuse=overexposed)
+    yield endpoint
+    endpoint.close()
+
+
+@pytest.fixture(scope="module")
+def evaluator_url(ray_local, calibration_file, refusing_mllm):
     from ray import serve
 
     config = read_serve_config(SERVE_DIR / "evaluator.yaml")
     app = config["applications"][0]
-    app["args"]["datasets"] = {"chexpert": {"calibration": str(calibration_file)}, "isic": {}}
-    app["args"]["limits"] = {"max_items": 4, "max_image_bytes": 100_000, "max_image_pixels": 128 * 128}
-    actor = app["deployments"][0]["ray_actor_options"]
-    actor["runtime_env"] = {"env_vars": {"CRAFT_EVALUATOR_API_KEY": KEY}}
+    app["args"]["datasets"] = {
+        "chexpert": {"calibration": str(calibration_file)},
+        "isic": {},
+        # the checklist questions go to an MLLM that refuses some images, or to one that is down
+        "fundus": {"mllm": refusing_mllm.url, "mllm_model": "tiny-llava", "weights": ONLY_CHECKLIST},
+        "histopath": {
+            "mllm": f"http://127.0.0.1:{free_port()}/v1",
+            "mllm_model": "tiny-llava",
+            "weights": ONLY_CHECKLIST,
+        },
+    }
+    app["args"]["limits"] = {
+        "max_body_bytes": MAX_BODY,
+        "max_items": 4,
+        "max_image_bytes": 100_000,
+        "max_image_pixels": 128 * 128,
+        "max_request_pixels": 2 * 128 * 128,
+    }
+    # room for 16 callers in one batch, and time for them to meet there
+    app["args"]["batching"] = {"max_batch_size": 32, "batch_wait_timeout_s": 0.05}
+    app["args"]["auth"] = {"api_key_env": "CRAFT_EVALUATOR_API_KEY"}
+    # the app's runtime_env reaches the task that builds the app and the replicas alike
+    app["runtime_env"] = {"env_vars": {"CRAFT_EVALUATOR_API_KEY": KEY}}
     serve.shutdown()  # a Serve instance left by another module would keep its own port
     url = deploy_serve_config(config, free_port())
     yield url
@@ -150,7 +187,7 @@ def test_health_labels_and_api_key(evaluator_url):
     wrong = requests.get(evaluator_url + "/v1/labels", headers={"Authorization": "Bearer nope"}, timeout=30)
     assert wrong.status_code == 401
     labels = requests.get(evaluator_url + "/v1/labels", headers=AUTH, timeout=30).json()["datasets"]
-    assert set(labels) == {"chexpert", "isic"}
+    assert set(labels) == {"chexpert", "isic", "fundus", "histopath"}
     assert "Pleural Effusion" in labels["chexpert"]["labels"] and labels["chexpert"]["calibrated"] is True
     assert labels["isic"]["labels"][0] == "MEL" and labels["isic"]["calibrated"] is False
     item = {"image": b64(png_bytes()), "labels": ["Cardiomegaly"]}
@@ -161,6 +198,10 @@ def _bmp_too_big() -> bytes:
     buf = io.BytesIO()
     Image.new("L", (200, 200)).save(buf, format="PNG")  # 40 000 pixels > 128 x 128
     return buf.getvalue()
+
+
+def _full_size(seed: int) -> str:
+    return b64(png_bytes((128, 128), seed=seed))  # 16 384 pixels: three of them pass 2 x 128 x 128
 
 
 BAD_INPUTS = [
@@ -222,6 +263,13 @@ BAD_INPUTS = [
         "limit of 4",
     ),
     ("unknown field", {"dataset": "chexpert", "items": [], "extra": 1}, 422, "extra"),
+    (
+        "too many pixels in one request",
+        {"dataset": "chexpert", "items": [{"image": _full_size(i), "labels": ["Edema"]} for i in range(3)]},
+        413,
+        "items[2].image: the images up to here hold 49152 pixels, over the limit of 32768",
+    ),
+    ("body over the limit", b'{"dataset": "chexpert", "items": ["' + b"A" * MAX_BODY + b'"]}', 413, "limit"),
 ]
 
 
@@ -248,9 +296,9 @@ def test_bounded_load_has_no_errors(evaluator_url):
     with ThreadPoolExecutor(16) as pool:
         scores = list(pool.map(one, range(300), timeout=600))
     assert len(scores) == 300 and all(0.0 <= s <= 1.0 for s in scores)
-    # batching changes no score beyond float noise (batch sizes differ by 3e-8; rounding to 6 digits
-    # could split two such values across a boundary)
+    # batching changes no score beyond float noise (batch sizes move a score by ~3e-8)
     assert max(abs(s - scores[i % 8]) for i, s in enumerate(scores)) < 1e-6
+    assert len({round(s, 3) for s in scores[:8]}) > 1
 
 
 def test_query_cas_command(evaluator_url, tmp_path):
@@ -276,3 +324,156 @@ def test_query_cas_command(evaluator_url, tmp_path):
     assert "a.png" in table.stdout and f"{direct['results'][0]['cas']:.4f}" in table.stdout
     refused = CliRunner().invoke(cli_app, [*args, "--api-key", "wrong"])
     assert "HTTP 401" in str(refused.exception)
+
+
+# ------------------------------------------------------------------------------ the hostile corpus
+
+
+def _replica_process():
+    """The evaluator replica: a Ray worker under this test process (not another user's cluster)."""
+    import psutil
+
+    found = [
+        p
+        for p in psutil.Process().children(recursive=True)
+        if any("ServeReplica:cas-evaluator" in part for part in p.cmdline())
+    ]
+    assert len(found) == 1, found
+    return found[0]
+
+
+def _raw_post(url: str, headers: dict[str, str], parts: list[bytes]):
+    """POST with the given headers, sending `parts` until the server answers or closes; returns
+    (status, JSON body, bytes sent)."""
+    import http.client
+    from urllib.parse import urlparse
+
+    where = urlparse(url)
+    conn = http.client.HTTPConnection(where.hostname, where.port, timeout=60)
+    conn.putrequest("POST", "/v1/cas")
+    for name, value in {**AUTH, "Content-Type": "application/json", **headers}.items():
+        conn.putheader(name, value)
+    conn.endheaders()
+    sent = 0
+    try:
+        for part in parts:
+            conn.send(part)
+            sent += len(part)
+    except (BrokenPipeError, ConnectionResetError):
+        pass  # the server answered and closed while the rest was on its way
+    resp = conn.getresponse()
+    body = json.loads(resp.read())
+    conn.close()
+    return resp.status, body, sent
+
+
+def test_a_50_mb_body_is_refused_before_it_is_read(evaluator_url):
+    item = {"image": b64(png_bytes()), "labels": ["Edema"]}
+    assert _post(evaluator_url, {"dataset": "chexpert", "items": [item]}).status_code == 200  # warm
+    replica = _replica_process()
+    before = replica.memory_info().rss
+    # Content-Length says 50 MB: answered after the headers and 64 kB, the rest never sent
+    status, body, _ = _raw_post(evaluator_url, {"Content-Length": str(50 * 2**20)}, [b"A" * 65536])
+    assert (
+        status == 413
+        and body["error"]["message"] == f"body is {50 * 2**20} bytes, over the limit of {MAX_BODY}"
+    )
+    # the whole 50 MB from a plain client: the same answer, the rest goes nowhere near the replica
+    whole = requests.post(evaluator_url + "/v1/cas", data=bytes(50 * 2**20), headers=AUTH, timeout=120)
+    assert whole.status_code == 413 and whole.json()["error"]["message"].startswith("body is 52428800 bytes")
+    # no length (a chunked upload): 411, before a chunk is read (Ray's proxy would hand them over in bulk)
+    chunk = b"A" * 2**20
+    framed = b"%x\r\n" % len(chunk) + chunk + b"\r\n"
+    status, body, _ = _raw_post(
+        evaluator_url, {"Transfer-Encoding": "chunked"}, [framed] * 50 + [b"0\r\n\r\n"]
+    )
+    assert status == 411 and "Content-Length" in body["error"]["message"]
+    grown = replica.memory_info().rss - before
+    assert grown < 4 * 2**20, f"the replica grew by {grown / 2**20:.1f} MiB"  # 100 MB were sent to it
+    assert _post(evaluator_url, {"dataset": "chexpert", "items": [item]}).status_code == 200
+
+
+def _fundus(results_of):
+    return {"dataset": "fundus", "items": [{"image": b64(p), "labels": ["Mild NPDR"]} for p in results_of]}
+
+
+def test_one_bad_item_fails_alone_among_16_concurrent_callers(evaluator_url, refusing_mllm):
+    good = [png_bytes(mode="RGB", seed=100 + i) for i in range(16)]
+    white = io.BytesIO()
+    Image.new("RGB", (32, 32), (255, 255, 255)).save(white, format="PNG")
+    alone = []
+    for png in good:  # each caller's image scored on its own: the reference
+        resp = _post(evaluator_url, _fundus([png]))
+        assert resp.status_code == 200, resp.text
+        alone.append(resp.json()["results"][0])
+    assert len({r["checklist"] for r in alone}) > 1  # the MLLM's answers differ per image
+    refused_before = refusing_mllm.refused
+    # caller 0 sends a good image and the bad one; callers 1..15 one good image each, all at once
+    bodies = [_fundus([good[0], white.getvalue()])] + [_fundus([png]) for png in good[1:]]
+    with ThreadPoolExecutor(16) as pool:
+        answers = list(pool.map(lambda body: _post(evaluator_url, body), bodies))
+    assert [a.status_code for a in answers] == [200] * 16, [a.text for a in answers if a.status_code != 200]
+    results = [a.json()["results"] for a in answers]
+    got = [results[0][0]] + [r[0] for r in results[1:]]
+    for mine, reference in zip(got, alone, strict=True):
+        assert set(mine) == set(reference)
+        for key in ("cas", "pathology", "checklist"):
+            assert mine[key] == pytest.approx(reference[key], abs=1e-5)
+    error = results[0][1]["error"]
+    assert error["type"] == "model" and error["code"] == 502 and "400 Client Error" in error["message"]
+    # its 4 questions were refused in the shared pass and again when it was scored alone
+    assert refusing_mllm.refused - refused_before == 8
+    only_bad = _post(evaluator_url, _fundus([white.getvalue()]))
+    assert only_bad.status_code == 502 and "items[0]" in only_bad.json()["error"]["message"]
+
+
+def test_the_mllm_upstream_down_is_503_with_retry_after_and_the_rest_stays_up(evaluator_url):
+    item = {"image": b64(png_bytes(mode="RGB")), "labels": ["TUM"]}
+    with ThreadPoolExecutor(2) as pool:
+        down = pool.submit(_post, evaluator_url, {"dataset": "histopath", "items": [item]})
+        up = _post(
+            evaluator_url,
+            {"dataset": "chexpert", "items": [{"image": b64(png_bytes()), "labels": ["Edema"]}]},
+        )
+        down = down.result()
+    assert up.status_code == 200
+    assert down.status_code == 503 and down.headers["Retry-After"] == "10"
+    error = down.json()["error"]
+    assert error["type"] == "unavailable" and "still failing after 4 retries" in error["message"]
+
+
+def test_a_key_variable_that_is_not_set_stops_the_app_at_start(evaluator_url, monkeypatch):
+    import time
+
+    from ray import serve
+
+    from craft_ray.errors import ConfigError
+    from craft_ray.serving.evaluator_app import CASEvaluatorService, build_app
+
+    monkeypatch.delenv("CRAFT_H20_UNSET_KEY", raising=False)
+    args = read_serve_config(SERVE_DIR / "evaluator.yaml")["applications"][0]["args"]
+    args["auth"] = {"api_key_env": "CRAFT_H20_UNSET_KEY"}
+    expected = (
+        "auth.api_key_env: the variable CRAFT_H20_UNSET_KEY is not set (or empty) where the evaluator "
+        "starts; export it before `serve run` (or set it in the app's runtime_env), or use auth: none"
+    )
+    with pytest.raises(ConfigError) as caught:  # where `serve run` builds the app
+        build_app(args)
+    assert str(caught.value) == expected
+    monkeypatch.setenv("CRAFT_H20_UNSET_KEY", "  ")
+    with pytest.raises(ConfigError, match="not set"):
+        build_app(args)
+    # a replica on a node without the variable (the build passed where it was set) does not start
+    start = time.monotonic()
+    with pytest.raises(Exception) as failed:
+        serve.run(CASEvaluatorService.options(name="NoKey").bind(args), name="no-key", route_prefix="/no-key")
+    print(f"refused in {time.monotonic() - start:.1f} s")
+    app = serve.status().applications["no-key"]
+    assert "no-key" in str(failed.value) and app.status == "DEPLOY_FAILED"
+    assert expected in app.deployments["NoKey"].message  # Serve's status ends with the one line
+    print(app.deployments["NoKey"].message)
+    assert requests.get(evaluator_url + "/healthz", timeout=30).status_code == 200  # the others stay up
+    serve.delete("no-key")
+    args.pop("auth")
+    with pytest.raises(ConfigError, match="auth: missing; say `auth: none`"):
+        build_app(args)

@@ -277,7 +277,8 @@ def test_prompt_enrichment_variants_fallback_and_cache(mllm_url, tmp_path):
     # another model's answers do not mix with this cache
     other = CliRunner().invoke(cli_app, [*args, "--model", "tiny-llava"])
     assert isinstance(other.exception, CraftError) and "--overwrite" in str(other.exception)
-    garbage = tmp_path / "garbage.yaml"
+    # content the enricher dislikes (variants that repeat each other, in valid JSON) falls back
+    repeated = tmp_path / "repeated.yaml"
     fallback = CliRunner().invoke(
         cli_app,
         [
@@ -288,19 +289,107 @@ def test_prompt_enrichment_variants_fallback_and_cache(mllm_url, tmp_path):
             "--endpoint",
             mllm_url,
             "--out",
-            str(garbage),
+            str(repeated),
             "--variants",
             "2",
             "--attempts",
-            "1",
+            "2",
             "--model",
-            "tiny-llava",
+            SCRIPTED,
             "--label-set",
             "Pneumothorax",
         ],
     )
     assert fallback.exit_code == 0, fallback.output
-    assert "using static variants" in fallback.output
-    entry = yaml.safe_load(garbage.read_text())["label_sets"][0]
+    assert "no valid answer in 2 attempt(s) (last: variants repeat each other); using static variants" in (
+        fallback.output
+    )
+    entry = yaml.safe_load(repeated.read_text())["label_sets"][0]
     static = [i.present for i in load_knowledge().for_label("chexpert", "Pneumothorax")]
     assert entry["source"] == "fallback" and entry["variants"] == static[:2]
+
+
+# ------------------------------------------------------------------------------ constrained JSON
+
+JSON_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "finding": {"type": "string", "minLength": 2, "maxLength": 16},
+        "present": {"type": "boolean"},
+        "grade": {"enum": ["mild", "moderate", "severe"]},
+        "count": {"type": "integer", "minimum": 0, "maximum": 20},
+        "sides": {"type": "array", "items": {"enum": ["left", "right"]}, "minItems": 1, "maxItems": 2},
+    },
+    "required": ["finding", "present", "grade", "count", "sides"],
+    "additionalProperties": False,
+}
+
+
+def test_json_schema_answers_from_the_openai_client_at_temperature_1_parse_and_validate(mllm_url):
+    """The official `openai` client, as any user of vLLM would call it: every 200 parses and
+    matches the schema; an answer the tiny random model could not finish is a 422, never a 200."""
+    import jsonschema
+    import openai
+
+    client = openai.OpenAI(base_url=mllm_url + "/v1", api_key="unused", max_retries=0, timeout=120)
+    fmt = {"type": "json_schema", "json_schema": {"name": "finding", "schema": JSON_SCHEMA, "strict": True}}
+    messages = [{"role": "user", "content": "Describe the finding as JSON."}]
+    answers = []
+    for seed in range(10):
+        resp = client.chat.completions.create(
+            model="tiny-llava",
+            messages=messages,
+            temperature=1.0,
+            max_tokens=150,
+            seed=seed,
+            response_format=fmt,
+        )
+        answers.append(json.loads(resp.choices[0].message.content))
+        jsonschema.validate(answers[-1], JSON_SCHEMA)
+        assert resp.choices[0].finish_reason == "stop"
+    assert len({a["grade"] for a in answers}) > 1 and len({a["finding"] for a in answers}) > 1  # sampled
+    two = client.chat.completions.create(
+        model="tiny-llava", messages=messages, temperature=1.0, max_tokens=150, n=2, response_format=fmt
+    )
+    for choice in two.choices:
+        jsonschema.validate(json.loads(choice.message.content), JSON_SCHEMA)
+    # any JSON object: keys are unbounded strings a random model rarely closes in time
+    ok = incomplete = 0
+    for seed in range(6):
+        try:
+            resp = client.chat.completions.create(
+                model="tiny-llava",
+                messages=messages,
+                temperature=1.0,
+                max_tokens=40,
+                seed=seed,
+                response_format={"type": "json_object"},
+            )
+        except openai.UnprocessableEntityError as exc:
+            assert "no complete JSON answer within max_tokens = 40" in str(exc)
+            incomplete += 1
+            continue
+        assert isinstance(json.loads(resp.choices[0].message.content), dict)
+        ok += 1
+    assert ok and ok + incomplete == 6
+    # a schema the grammar would not enforce is refused up front, naming the keyword
+    loose = {"type": "object", "properties": {"tags": {"type": "array", "uniqueItems": True}}}
+    with pytest.raises(openai.BadRequestError, match="#/properties/tags: keyword 'uniqueItems'"):
+        client.chat.completions.create(
+            model="tiny-llava",
+            messages=messages,
+            response_format={"type": "json_schema", "json_schema": {"name": "t", "schema": loose}},
+        )
+    with pytest.raises(openai.BadRequestError, match="stop cannot be combined"):
+        client.chat.completions.create(model="tiny-llava", messages=messages, response_format=fmt, stop=["}"])
+
+
+def test_the_engine_bounds_tokens_and_choices(mllm_url):
+    messages = [{"role": "user", "content": "Hello"}]
+    over = _chat(mllm_url, messages=messages, max_tokens=1025)
+    assert over.status_code == 400 and "over this server's limit of 1024" in over.text
+    many = _chat(mllm_url, messages=messages, n=9, max_tokens=1)
+    assert many.status_code == 400 and "n = 9 is over this server's limit of 8" in many.text
+    default = _chat(mllm_url, messages=messages, temperature=1.0, seed=3).json()
+    # no max_tokens: the limit, or what the tiny model's 256-token context leaves
+    assert default["usage"]["prompt_tokens"] + default["usage"]["completion_tokens"] <= 256

@@ -18,7 +18,7 @@ from craft_ray.knowledge.prompts import VariantEnrichment
 from craft_ray.serving.cas_requests import RequestError, parse_cas_request
 from craft_ray.serving.checklist_builder import check_items, dedupe_items
 from craft_ray.serving.deploy import read_serve_config, validate_serve_config
-from craft_ray.serving.evaluator_config import Limits, load_evaluator_config
+from craft_ray.serving.evaluator_config import Limits, api_key, load_evaluator_config
 from craft_ray.serving.images import ImageInputError, image_from_base64
 from craft_ray.serving.json_output import requirement_from
 
@@ -71,6 +71,114 @@ def test_json_requirements_from_response_format():
     assert requirement_from({"type": "json_object"}).problem("[1]") == "not a JSON object"
     with pytest.raises(ValueError, match="not a valid JSON schema"):
         requirement_from({"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": 5}}})
+    # keywords the grammar would compile without enforcing are refused, each named with its place
+    loose = {
+        "type": "object",
+        "properties": {
+            "a": {"type": "array", "items": {"type": "integer"}, "uniqueItems": True},
+            "b": {"not": {"type": "string"}},
+            "c": {"type": "string", "pattern": "^(?!x)[a-z]+$"},
+            "d": {"type": "string", "format": "date"},
+            "e": {"type": "string", "pattern": "^[a-z]+$", "maxLength": 4},
+        },
+    }
+    with pytest.raises(ValueError) as info:
+        requirement_from({"type": "json_schema", "json_schema": {"name": "x", "schema": loose}})
+    message = str(info.value)
+    for part in (
+        "#/properties/a: keyword 'uniqueItems'",
+        "#/properties/b: keyword 'not'",
+        "#/properties/c: pattern '^(?!x)[a-z]+$': lookarounds",
+        "#/properties/d: keyword 'format'",
+        "#/properties/e: minLength/maxLength cannot be combined with pattern",
+    ):
+        assert part in message, (part, message)
+
+
+BOUNDED_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "finding": {"type": "string", "minLength": 2, "maxLength": 12},
+        "present": {"type": "boolean"},
+        "grade": {"enum": ["mild", "moderate", "severe"]},
+        "count": {"type": ["integer", "null"], "minimum": -5, "maximum": 100},
+        "share": {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1},
+        "sides": {"type": "array", "items": {"const": "left"}, "minItems": 1, "maxItems": 3},
+        "code": {"$ref": "#/$defs/code"},
+        "note": {"anyOf": [{"type": "string", "maxLength": 4}, {"type": "null"}]},
+    },
+    "required": ["finding", "present", "grade", "count", "share", "sides", "code"],
+    "additionalProperties": False,
+    "$defs": {"code": {"type": "string", "pattern": "^[A-C][0-9]{2}$"}},
+}
+
+
+@pytest.fixture(scope="module")
+def tiny_generator():
+    pytest.importorskip("xgrammar", reason="needs the llm extra: make install-llm")
+    from craft_ray.serving.json_output import JSONGrammars
+    from craft_ray.serving.mllm_generation import MLLMGenerator
+
+    generator = MLLMGenerator.load("tiny")
+    grammars = JSONGrammars(generator.tokenizer, generator.vocab_size)
+    prompt = generator.chat_prompt([{"role": "user", "content": [{"type": "text", "text": "JSON, please"}]}])
+    return generator, grammars, generator.inputs(prompt, [])
+
+
+def test_constrained_decoding_makes_the_random_tiny_model_answer_valid_json(tiny_generator):
+    """Sampling at temperature 1 from a random-weight model: with the grammar every finished
+    answer parses and matches a schema using every enforced keyword kind; without it none does."""
+    import json
+
+    from craft_ray.serving.json_output import GrammarLogitsProcessor
+    from craft_ray.serving.mllm_generation import SamplingSettings
+
+    generator, grammars, inputs = tiny_generator
+    requirement = requirement_from(
+        {"type": "json_schema", "json_schema": {"name": "x", "schema": BOUNDED_SCHEMA}}
+    )
+    grammar = grammars.compile(requirement)
+    finished = []
+    for seed in range(12):
+        settings = SamplingSettings(150, 1.0, None, None, seed, [])
+        constrained = generator.generate(
+            inputs, settings, None, GrammarLogitsProcessor(grammar), grammars.text
+        )
+        if constrained.finish_reason == "stop":
+            assert requirement.problem(constrained.text) is None, constrained.text
+            finished.append(json.loads(constrained.text))
+        free = generator.generate(inputs, settings)
+        assert requirement.problem(free.text) is not None  # the grammar is what makes it JSON
+    assert len(finished) >= 10
+    assert len({f["grade"] for f in finished}) > 1 and len({f["code"] for f in finished}) > 1  # sampled
+    with pytest.raises(ValueError, match="cannot be expressed as a grammar"):
+        too_many = {"type": "object", "properties": {"a": {"type": "integer"}}, "minProperties": 2}
+        too_many["additionalProperties"] = False
+        grammars.compile(
+            requirement_from({"type": "json_schema", "json_schema": {"name": "x", "schema": too_many}})
+        )
+
+
+def test_logprobs_keep_the_chosen_and_top_k_only(tiny_generator):
+    from craft_ray.serving.mllm_generation import SamplingSettings
+
+    generator, _, inputs = tiny_generator
+    greedy = SamplingSettings(4, 0.0, None, None, 0, [])
+    assert generator.generate(inputs, greedy).logprobs is None  # not asked: nothing kept
+    got = generator.generate(inputs, greedy, 5)
+    assert len(got.logprobs) == len(got.token_ids) and all(len(s.top) == 5 for s in got.logprobs)
+    with torch.no_grad():  # the reference: one forward pass of the prompt
+        expected = torch.log_softmax(generator.model(**inputs).logits[0, -1].float(), dim=-1)
+    first = got.logprobs[0]
+    top = torch.topk(expected, 5)
+    assert [i for i, _ in first.top] == top.indices.tolist()
+    assert [v for _, v in first.top] == pytest.approx(top.values.tolist(), abs=1e-5)
+    assert got.token_ids[0] == top.indices[0] and first.chosen == pytest.approx(
+        float(top.values[0]), abs=1e-5
+    )
+    assert generator.generate(inputs, greedy, 0).logprobs[0].top == []  # logprobs without top_logprobs
+    whole = generator.generate(inputs, SamplingSettings(1, 0.0, None, None, 0, []), -1).logprobs[0].top
+    assert len(whole) == generator.vocab_size
 
 
 def test_checklist_answers_are_deduplicated_and_checked():
@@ -151,15 +259,39 @@ def test_evaluation_and_study_prompts_use_the_runs_enrichment_file(tmp_path):
 
 
 def test_evaluator_config_errors_name_the_field():
+    open_ = {"auth": "none"}
     with pytest.raises(ConfigError, match="datasets: unknown dataset 'mnist'"):
-        load_evaluator_config({"datasets": {"mnist": {}}})
+        load_evaluator_config({**open_, "datasets": {"mnist": {}}})
     with pytest.raises(ConfigError, match=r"limits.max_items: .*greater than or equal to 1"):
-        load_evaluator_config({"limits": {"max_items": 0}})
+        load_evaluator_config({**open_, "limits": {"max_items": 0}})
     with pytest.raises(ConfigError, match="batching.max_batch: unknown key"):
-        load_evaluator_config({"batching": {"max_batch": 3}})
+        load_evaluator_config({**open_, "batching": {"max_batch": 3}})
     with pytest.raises(ConfigError, match="either calibration or"):
-        load_evaluator_config({"datasets": {"chexpert": {"calibration": "c.json", "vlm": "small"}}})
-    assert load_evaluator_config(None).datasets["chexpert"].vlm == "tiny"
+        load_evaluator_config({**open_, "datasets": {"chexpert": {"calibration": "c.json", "vlm": "small"}}})
+    assert load_evaluator_config(open_).datasets["chexpert"].vlm == "tiny"
+    # authentication is stated, never implied: each mistake gets one line naming it
+    auth_errors = [
+        (None, "auth: missing; say `auth: none`"),
+        ({"auth": "off"}, "auth: 'off' is not a choice; say `auth: none`"),
+        ({"auth": None}, "auth: None is not a choice"),
+        ({"auth": {"env": "K"}}, "auth: expected exactly the key api_key_env, got ['env']"),
+        (
+            {"auth": {"api_key_env": "1-bad"}},
+            "auth: api_key_env: '1-bad' is not an environment variable name",
+        ),
+        ({"api_key_env": "K", "auth": "none"}, "api_key_env: replaced by auth"),
+    ]
+    for args, message in auth_errors:
+        with pytest.raises(ConfigError) as info:
+            load_evaluator_config(args)
+        assert str(info.value) == "evaluator app args: " + str(info.value).split(": ", 1)[1]
+        assert message in str(info.value) and "\n" not in str(info.value), (args, str(info.value))
+    keyed = load_evaluator_config({"auth": {"api_key_env": "CRAFT_K"}})
+    with pytest.raises(ConfigError, match="the variable CRAFT_K is not set"):
+        api_key(keyed.auth, {})
+    assert (
+        api_key(keyed.auth, {"CRAFT_K": " s3cret "}) == "s3cret" and api_key("none", {"CRAFT_K": "x"}) is None
+    )
 
 
 @pytest.mark.parametrize("name", ["evaluator.yaml", "mllm-cpu.yaml", "mllm.yaml"])

@@ -1,11 +1,14 @@
 """The reader study end to end: a study built from two tiny trained runs, the Ray Serve app over HTTP
-(2 replicas; answers survive a restart; two readers at once; every bad request 4xx JSON; no method
-name or run path in any response), and a real browser (Debian chromium + chromedriver, selenium)."""
+(2 replicas; answers survive a restart; two readers at once; every bad request 4xx JSON; a reader
+id without its access token gets 403; no method name or run path in any response), and a real
+browser (Debian chromium + chromedriver, selenium)."""
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
+import re
 import shutil
 import socket
 import subprocess
@@ -72,19 +75,37 @@ def runs(phantom_root, tmp_path_factory) -> list[Path]:
 
 
 @pytest.fixture(scope="module")
-def study(runs, tmp_path_factory) -> Path:
+def created(runs, tmp_path_factory) -> tuple[Path, dict[str, str]]:
     out = tmp_path_factory.mktemp("studies") / "s1"
-    create_study([str(r) for r in runs], out, n=N, seed=5, readers=READERS, controls=CONTROLS)
-    return out
+    _, tokens = create_study([str(r) for r in runs], out, n=N, seed=5, readers=READERS, controls=CONTROLS)
+    return out, tokens
+
+
+@pytest.fixture(scope="module")
+def study(created) -> Path:
+    return created[0]
+
+
+@pytest.fixture(scope="module")
+def tokens(created) -> dict[str, str]:
+    """Each reader's access token, as `craft study create` hands them out once."""
+    return created[1]
 
 
 def png(data: bytes) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(data)))
 
 
-def test_create_pairs_two_methods_on_the_same_label_set_and_seed(study, runs, phantom_root):
+def test_create_pairs_two_methods_on_the_same_label_set_and_seed(study, tokens, runs, phantom_root):
     manifest = json.loads((study / "manifest.json").read_text())
     assert manifest["pairs"] == PAIRS and manifest["readers"] == READERS and manifest["n"] == N
+    # one random token per reader; the study keeps only their SHA-256, and no file holds a token
+    assert set(tokens) == set(READERS) and len(set(tokens.values())) == len(READERS)
+    assert manifest["reader_tokens"] == {
+        r: "sha256:" + hashlib.sha256(t.encode()).hexdigest() for r, t in tokens.items()
+    }
+    stored = b"".join(f.read_bytes() for f in study.rglob("*") if f.is_file())
+    assert not any(t.encode() in stored for t in tokens.values())
     assert [s["name"] for s in manifest["sources"]] == ["blind-lora-run", "blind-full-run", "real"]
     assert [s["run"] for s in manifest["sources"][:2]] == [str(r.resolve()) for r in runs]
     pairs = pq.read_table(study / "pairs.parquet").to_pylist()
@@ -179,12 +200,17 @@ def free_port() -> int:
 
 
 class Client:
-    """HTTP to the app; every response (body and headers) is scanned for what must stay hidden."""
+    """HTTP to the app; every response (body and headers) is scanned for what must stay hidden. A
+    request under /api/readers/<reader>/ carries that reader's token, as the page sends it."""
 
-    def __init__(self, base: str, forbidden: list[str]):
-        self.base, self.forbidden, self.scanned = base, forbidden, 0
+    def __init__(self, base: str, forbidden: list[str], tokens: dict[str, str]):
+        self.base, self.forbidden, self.scanned, self.tokens = base, forbidden, 0, tokens
 
     def request(self, method: str, path: str, **kwargs) -> requests.Response:
+        reader = re.match(r"/api/readers/([^/]+)/", path)
+        token = self.tokens.get(reader.group(1)) if reader else None
+        if token and "headers" not in kwargs:
+            kwargs["headers"] = {"Authorization": f"Bearer {token}"}
         response = requests.request(method, self.base + path, timeout=60, **kwargs)
         text = response.content.decode("latin-1") + json.dumps(dict(response.headers))
         leaked = [word for word in self.forbidden if word in text]
@@ -197,7 +223,11 @@ class Client:
 
     def post(self, path: str, body) -> requests.Response:
         if isinstance(body, bytes | str):
-            return self.request("POST", path, data=body, headers={"Content-Type": "application/json"})
+            reader = re.match(r"/api/readers/([^/]+)/", path)
+            headers = {"Content-Type": "application/json"}
+            if reader and reader.group(1) in self.tokens:
+                headers["Authorization"] = f"Bearer {self.tokens[reader.group(1)]}"
+            return self.request("POST", path, data=body, headers=headers)
         return self.request("POST", path, json=body)
 
 
@@ -210,7 +240,7 @@ def deploy(study: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def app(ray_local, study, runs):
+def app(ray_local, study, runs, tokens):
     from ray import serve
 
     serve.shutdown()  # a Serve instance left by another module would keep its own port
@@ -218,8 +248,8 @@ def app(ray_local, study, runs):
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     deploy(study)
     forbidden = ["blind-lora-run", "blind-full-run", "lora_sft", "full_sft", "key.parquet", "left_source"]
-    forbidden += [str(r.resolve()) for r in runs] + [str(study.parent)]
-    yield Client(f"http://127.0.0.1:{port}", forbidden)
+    forbidden += [str(r.resolve()) for r in runs] + [str(study.parent)] + list(tokens.values())
+    yield Client(f"http://127.0.0.1:{port}", forbidden, dict(tokens))
     serve.shutdown()
 
 
@@ -287,6 +317,56 @@ def test_every_bad_request_gets_a_4xx_json_answer(app):
         assert response.headers["content-type"].startswith("application/json") and response.json()["detail"]
     assert app.get("/healthz").status_code == 200  # still up
     assert app.get("/api/readers/alice/progress").json()["next"]["pair_id"] == pid  # nothing was stored
+
+
+def test_a_reader_id_without_its_token_gets_403(app, tokens, study, craft_in_process):
+    pair = app.get("/api/readers/alice/progress").json()["next"]
+    image = pair["left"]
+    routes = [
+        ("GET", "/api/readers/alice/progress"),
+        ("GET", f"/api/readers/alice/pairs/{pair['pair_id']}"),
+        ("POST", "/api/readers/alice/answers"),
+        ("GET", image),
+    ]
+    wrong = {
+        "no token": {},
+        "empty bearer": {"Authorization": "Bearer "},
+        "another reader's token": {"Authorization": f"Bearer {tokens['bob']}"},
+        "a made-up token": {"Authorization": "Bearer " + "x" * 24},
+        "not a bearer": {"Authorization": f"Basic {tokens['alice']}"},
+    }
+    for name, headers in wrong.items():
+        for method, path in routes:
+            body = {"json": answer(pair["pair_id"])} if method == "POST" else {}
+            response = app.request(method, path, headers=headers, **body)
+            assert response.status_code == 403, (name, path, response.text)
+            assert "access token" in response.json()["detail"], (name, path)
+    # a wrong token reads the same for a listed and an unlisted reader: ids cannot be probed
+    listed = app.request("GET", "/api/readers/alice/progress", headers=wrong["a made-up token"]).json()
+    unlisted = app.request("GET", "/api/readers/mallory/progress", headers=wrong["a made-up token"]).json()
+    assert listed["detail"].replace("alice", "mallory") == unlisted["detail"]
+    assert (
+        app.get("/api/readers/alice/progress").json()["next"]["pair_id"] == pair["pair_id"]
+    )  # nothing stored
+    assert app.get(image).status_code == 200  # with the token: the page's own requests
+
+    # a reader added while the app runs, then a lost token replaced: no restart
+    def issue() -> str:
+        result = craft_in_process("study", "token", "--study", str(study), "--reader", "erin")
+        assert result.returncode == 0, result.stderr
+        link = re.search(r"erin: (http://127\.0\.0\.1:8000/#reader=erin&token=(\S+))", result.stdout)
+        assert link, result.stdout
+        return link.group(2)
+
+    first = issue()
+    erin = {"Authorization": f"Bearer {first}"}
+    assert app.request("GET", "/api/readers/erin/progress", headers=erin).json()["total"] == PAIRS
+    second = issue()
+    assert app.request("GET", "/api/readers/erin/progress", headers=erin).status_code == 403
+    assert app.request("GET", "/api/readers/erin/progress", headers={"Authorization": f"Bearer {second}"}).ok
+    assert json.loads((study / "manifest.json").read_text())["readers"] == [*READERS, "erin"]
+    bad = craft_in_process("study", "token", "--study", str(study), "--reader", "bad id;")
+    assert bad.returncode == 2 and "reader id" in bad.stderr
 
 
 def test_two_readers_at_once_lose_nothing_and_a_racing_duplicate_is_refused(app, study):
@@ -381,7 +461,7 @@ def chrome():
     return webdriver.Chrome(service=Service(driver), options=options)
 
 
-def test_a_reader_in_a_real_browser_answers_with_keyboard_and_mouse_and_resumes(app, study):
+def test_a_reader_in_a_real_browser_answers_with_keyboard_and_mouse_and_resumes(app, study, tokens):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support import expected_conditions as ec
@@ -413,13 +493,20 @@ def test_a_reader_in_a_real_browser_answers_with_keyboard_and_mouse_and_resumes(
         driver.get(app.base + "/")
         box = wait.until(ec.visibility_of_element_located((By.ID, "reader")))
         box.send_keys("mallory")
+        find(By.ID, "token").send_keys("guessed-token")
         find(By.ID, "start").click()
         wait.until(
             ec.text_to_be_present_in_element((By.ID, "login-error"), "not on this study's access list")
         )
         box.clear()
-        box.send_keys("dave", Keys.ENTER)
+        box.send_keys("dave")  # a listed reader with another reader's token fares no better
+        find(By.ID, "token").clear()
+        find(By.ID, "token").send_keys(tokens["carol"], Keys.ENTER)
+        wait.until(ec.text_to_be_present_in_element((By.ID, "login-error"), "reader 'dave' with this access"))
+        assert find(By.ID, "login").is_displayed()
+        driver.get(f"{app.base}/#reader=dave&token={tokens['dave']}")  # the reader's link
         progress_is(f"0 / {PAIRS} answered")
+        assert tokens["dave"] not in driver.current_url  # taken out of the address bar
         answered = [shown_pair()]
         find(By.TAG_NAME, "body").send_keys(Keys.ARROW_LEFT)  # keyboard: left
         progress_is(f"1 / {PAIRS} answered")

@@ -31,6 +31,9 @@ class Batch:
     label_sets: list[list[str]]
     image_emb: torch.Tensor  # (B, D) normalised VLM embeddings
     evaluate: bool  # evaluation path (MLLM where available) instead of the reward path
+    # evaluation path: (row, checklist item id) -> P(met) of every item answered, so the checklist
+    # audit reuses the answers instead of asking the MLLM the same questions again
+    answers: dict[tuple[int, str], float] | None = None
 
 
 def pair_probabilities(
@@ -63,6 +66,11 @@ class ItemScorer:
             probs[rows, cols] = answers.to(probs.device, probs.dtype)
         else:
             probs = pair_probabilities(self.vlm, batch.image_emb, [(i.present, i.absent) for i in unique])
+        if batch.answers is not None:
+            rows, cols = mask.nonzero(as_tuple=True)
+            values = probs.detach()[rows, cols].float().cpu().tolist()
+            for row, col, p in zip(rows.tolist(), cols.tolist(), values, strict=True):
+                batch.answers[(row, unique[col].id)] = p
         return (probs * mask).sum(dim=1) / mask.sum(dim=1)
 
 

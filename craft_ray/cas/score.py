@@ -37,6 +37,8 @@ class CASResult:
     image_emb: torch.Tensor | None = (
         None  # (B, D) the VLM's normalised image embeddings (reward path: with grad)
     )
+    # evaluation path: per image, checklist item id -> P(met) of the items the dimensions answered
+    item_answers: list[dict[str, float]] | None = None
 
     def rows(self) -> list[dict[str, float]]:
         """Per-image plain floats: {'cas': ..., 'pathology': ..., ...}."""
@@ -156,10 +158,16 @@ class CASEvaluator:
         check_label_sets(label_sets, images.shape[0], self.spec.labels, self.spec.name)
         label_sets = [list(labels) for labels in label_sets]
         with torch.set_grad_enabled(torch.is_grad_enabled() and not evaluate):
-            batch = Batch(images, label_sets, self.vlm.embed_images(images), evaluate)
+            answers: dict[tuple[int, str], float] | None = {} if evaluate else None
+            batch = Batch(images, label_sets, self.vlm.embed_images(images), evaluate, answers)
             dims = {name: dim(batch) for name, dim in self.dimensions.items() if self.weights[name] > 0}
             total = sum(self.weights[n] * d for n, d in dims.items()) / sum(self.weights[n] for n in dims)
-        return CASResult(dims, total, self.weights, batch.image_emb)
+        per_image = None
+        if answers is not None:
+            per_image = [{} for _ in label_sets]
+            for (row, item_id), p in answers.items():
+                per_image[row][item_id] = p
+        return CASResult(dims, total, self.weights, batch.image_emb, per_image)
 
     def to(self, device: torch.device | str) -> CASEvaluator:
         self.vlm.to(device)

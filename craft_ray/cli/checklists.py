@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 import yaml
+from rich.markup import escape
 
 from craft_ray.cli.common import console, err_console
 
@@ -44,8 +45,9 @@ def checklists_build(
             why = result.problems[-1] if result.problems else "no answer"
             err_console.print(
                 f"[yellow]warning:[/yellow] {result.label}: no valid answer in {len(result.problems)} "
-                f"attempt(s) (last: {why}); using the static checklist",
+                f"attempt(s) (last: {escape(why)}); using the static checklist",
                 highlight=False,
+                soft_wrap=True,  # one line per warning: the reason may be long
             )
 
     document = build_checklists(MLLMClient(endpoint, model), spec, label_list, items, attempts, report)

@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 import yaml
+from rich.markup import escape
 
 from craft_ray.cli.common import console, err_console
 from craft_ray.errors import ConfigError
@@ -60,8 +61,9 @@ def prompts_enrich(
             why = result.problems[-1] if result.problems else "no answer"
             err_console.print(
                 f"[yellow]warning:[/yellow] {name}: no valid answer in {len(result.problems)} attempt(s) "
-                f"(last: {why}); using static variants",
+                f"(last: {escape(why)}); using static variants",
                 highlight=False,
+                soft_wrap=True,  # one line per warning: the reason may be long
             )
         else:
             console.print(f"{name}: {len(result.variants)} variant(s) ({result.source})")

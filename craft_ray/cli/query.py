@@ -52,7 +52,12 @@ def query_cas(
     columns = ("cas", "pathology", "checklist", "anatomy", "realism", "threshold", "below_threshold")
     for col in ("image", *columns):
         table.add_column(col, justify="right")
+    failed = []
     for path, result in zip(image, answer["results"], strict=True):
+        if "error" in result:  # this image alone could not be scored; the others were
+            failed.append(f"{path.name}: {result['error']['message']}")
+            table.add_row(path.name, "error", *["-"] * (len(columns) - 1))
+            continue
         cells = [result.get(c) for c in columns]
         table.add_row(
             path.name, *("-" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v) for v in cells)
@@ -62,6 +67,8 @@ def query_cas(
         steps = (result.get("preprocessing") or {}).get("steps")
         if steps:
             console.print(f"{path.name}: {'; '.join(steps)}", highlight=False, soft_wrap=True)
+    for line in failed:
+        console.print(escape(f"not scored: {line}"))
 
 
 @app.command("mllm")

@@ -55,7 +55,47 @@ def study_create(
     for source in manifest.sources:
         table.add_row(source.name, source.method, source.run or "-")
     console.print(table)
-    console.print(f"readers: {', '.join(manifest.readers)}\nserve it with: craft study serve --study {out}")
+    _print_tokens(plan.tokens)
+    console.print(f"serve it with: craft study serve --study {out}")
+
+
+def _print_tokens(tokens: dict[str, str], port: int = 8000) -> None:
+    """Each reader's link, once: the study keeps only the tokens' hashes. One line per reader, never
+    wrapped, so a link copies whole."""
+    from craft_ray.study.access import reader_link
+
+    console.print(
+        f"reader links for `craft study serve --port {port}` (shown once: send each reader their own; "
+        "the study keeps only hashes; `craft study token` issues a new one):"
+    )
+    for reader, token in tokens.items():
+        console.print(
+            escape(f"  {reader}: {reader_link(f'http://127.0.0.1:{port}', reader, token)}"), soft_wrap=True
+        )
+
+
+@app.command("token")
+def study_token(
+    study: Annotated[Path, typer.Option(help="study directory (craft study create)")],
+    reader: Annotated[str, typer.Option(help="reader id: a new reader, or one whose token is lost")],
+    port: Annotated[int, typer.Option(help="port of the link printed")] = 8000,
+) -> None:
+    """Issue a new access token for a reader (added to the access list when new); the old token of
+    that reader stops working. A running app admits the new token without a restart."""
+    from craft_ray.study.access import issue
+    from craft_ray.study.layout import StudyDir, check_reader_id, write_manifest
+
+    check_reader_id(reader)
+    root = StudyDir(study)
+    manifest = root.manifest()
+    tokens, hashes = issue([reader])
+    readers = manifest.readers if reader in manifest.readers else [*manifest.readers, reader]
+    updated = manifest.model_copy(
+        update={"readers": readers, "reader_tokens": {**manifest.reader_tokens, **hashes}}
+    )
+    write_manifest(root.root, type(manifest).model_validate(updated.model_dump()))
+    console.print(f"{'new token for' if reader in manifest.readers else 'added'} reader {escape(reader)}")
+    _print_tokens(tokens, port)
 
 
 @app.command("serve")

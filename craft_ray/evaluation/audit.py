@@ -8,7 +8,7 @@ surrogate (the present/absent phrase pair), and `audit_path` says which.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 
@@ -29,14 +29,34 @@ def items_for(evaluator: CASEvaluator, labels: Sequence[str]) -> list[ChecklistI
 
 @torch.no_grad()
 def item_probabilities(
-    evaluator: CASEvaluator, images: torch.Tensor, label_sets: Sequence[Sequence[str]]
+    evaluator: CASEvaluator,
+    images: torch.Tensor,
+    label_sets: Sequence[Sequence[str]],
+    known: Sequence[Mapping[str, float]] | None = None,
 ) -> list[list[tuple[str, float]]]:
-    """Per image: (item id, P(met)) for each of its checklist items."""
+    """Per image: (item id, P(met)) for each of its checklist items. `known`: per image, answers
+    already given while scoring (`CASResult.item_answers`); only the items they lack are asked."""
     per_image = [items_for(evaluator, labels) for labels in label_sets]
-    unique = list(dict.fromkeys(i for items in per_image for i in items))
+    known = known if known is not None else [{} for _ in per_image]
+    missing = [(r, item) for r, items in enumerate(per_image) for item in items if item.id not in known[r]]
+    asked = _ask(evaluator, images, missing)
+    out: list[list[tuple[str, float]]] = [[] for _ in per_image]
+    for r, items in enumerate(per_image):
+        for item in items:
+            p = known[r][item.id] if item.id in known[r] else asked[(r, item.id)]
+            out[r].append((item.id, float(p)))
+    return out
+
+
+def _ask(
+    evaluator: CASEvaluator, images: torch.Tensor, wanted: list[tuple[int, ChecklistItem]]
+) -> dict[tuple[int, str], float]:
+    if not wanted:
+        return {}
+    unique = list(dict.fromkeys(item for _, item in wanted))
     column = {item.id: j for j, item in enumerate(unique)}
-    rows = [i for i, items in enumerate(per_image) for _ in items]
-    cols = [column[item.id] for items in per_image for item in items]
+    rows = [r for r, _ in wanted]
+    cols = [column[item.id] for _, item in wanted]
     if evaluator.mllm is not None:
         answers = evaluator.mllm.p_yes(
             images[torch.tensor(rows, device=images.device)], [unique[c].question for c in cols]
@@ -46,7 +66,4 @@ def item_probabilities(
         emb = evaluator.vlm.embed_images(images)
         probs = pair_probabilities(evaluator.vlm, emb, [(i.present, i.absent) for i in unique]).float().cpu()
         flat = probs[rows, cols].tolist()
-    out: list[list[tuple[str, float]]] = [[] for _ in per_image]
-    for r, c, p in zip(rows, cols, flat, strict=True):
-        out[r].append((unique[c].id, float(p)))
-    return out
+    return {(r, unique[c].id): float(p) for r, c, p in zip(rows, cols, flat, strict=True)}

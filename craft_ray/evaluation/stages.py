@@ -138,7 +138,7 @@ class ScoreStage:
             None if t is None else bool(c < t)
             for c, t in zip(values["cas"], values["threshold"], strict=True)
         ]
-        audit = item_probabilities(self.evaluator, images, label_sets)
+        audit = item_probabilities(self.evaluator, images, label_sets, result.item_answers)
         values["audit_items"] = [[item for item, _ in row] for row in audit]
         values["audit_p"] = [[p for _, p in row] for row in audit]
         emb = self.evaluator.embed(images) if self.embedding == "vlm" else pixel_embedding(decoded)

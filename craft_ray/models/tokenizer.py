@@ -3,8 +3,8 @@
 - `tiny_clip_tokenizer()`: a real CLIP byte-level BPE (`transformers.CLIPTokenizer`) with merges
   learned, deterministically, on the project's prompts and checklists: each of their words is one
   token; any other text falls back to byte-level pieces, so every text tokenizes.
-- `tiny_chat_tokenizer()`: a word-level tokenizer with chat and image special tokens, for tiny
-  multimodal LLMs.
+- `tiny_chat_tokenizer()`: a word-level tokenizer with chat and image special tokens and every
+  printable ASCII character as a token too (so JSON can be spelled), for tiny multimodal LLMs.
 
 Both are deterministic functions of the clinical knowledge base; a model saved with
 `save_pretrained` carries its tokenizer files, so later knowledge edits never break it.
@@ -136,8 +136,14 @@ def text_config_ids(tokenizer: CLIPTokenizer) -> dict[str, int]:
     }
 
 
+# every printable ASCII character is also a token of its own (appended after the words, so their ids
+# do not move): constrained decoding can then spell any JSON, any key and any enum value, which
+# word tokens alone cannot (no braces or quotes among them)
+PRINTABLE = [chr(c) for c in range(32, 127)]
+
+
 def tiny_chat_tokenizer() -> PreTrainedTokenizerFast:
-    words = [*CHAT_SPECIALS, *corpus_words(), *list(".,:;?!'-()&/")]
+    words = [*CHAT_SPECIALS, *corpus_words(), *list(".,:;?!'-()&/"), *PRINTABLE]
     vocab: dict[str, int] = {}
     for word in words:
         vocab.setdefault(word, len(vocab))

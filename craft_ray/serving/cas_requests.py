@@ -10,25 +10,8 @@ import torch
 
 from craft_ray.knowledge.labels import DatasetSpec
 from craft_ray.serving.evaluator_config import Limits
+from craft_ray.serving.http_io import RequestError
 from craft_ray.serving.images import ImageInputError, prepared_from_base64
-
-
-class RequestError(Exception):
-    """A bad request: answered with `status` and a JSON error naming the problem."""
-
-    def __init__(self, message: str, status: int = 422, field: str | None = None):
-        super().__init__(message)
-        self.message, self.status, self.field = message, status, field
-
-    def payload(self) -> dict[str, Any]:
-        return {
-            "error": {
-                "message": self.message,
-                "type": "invalid_request",
-                "field": self.field,
-                "code": self.status,
-            }
-        }
 
 
 @dataclass
@@ -73,7 +56,16 @@ def _labels(raw: Any, spec: DatasetSpec, where: str) -> list[str]:
     return list(dict.fromkeys(raw))
 
 
-def _item(raw: Any, spec: DatasetSpec, limits: Limits, where: str, size: int | None) -> CASItem:
+@dataclass
+class _Checked:
+    """An item whose fields are checked and whose image is not decoded yet."""
+
+    image: str
+    labels: list[str]
+    where: str
+
+
+def _check_item(raw: Any, spec: DatasetSpec, where: str) -> _Checked:
     if not isinstance(raw, dict):
         raise RequestError(f"{where} must be an object with image and labels", field=where)
     missing = [k for k in ("image", "labels") if k not in raw]
@@ -82,19 +74,38 @@ def _item(raw: Any, spec: DatasetSpec, limits: Limits, where: str, size: int | N
     labels = _labels(raw["labels"], spec, where)
     if not isinstance(raw["image"], str):
         raise RequestError(f"{where}.image must be a base64 string", field=where)
-    try:  # the one image path: windowed to 8 bits, centre square, resized to the working size
-        prepared = prepared_from_base64(
-            raw["image"], spec.channels, limits.max_image_bytes, limits.max_image_pixels, size
-        )
-    except ImageInputError as exc:
-        raise RequestError(f"{where}.image: {exc}", status=exc.status, field=where) from None
-    return CASItem(prepared.pixels, labels, prepared.info.as_json())
+    return _Checked(raw["image"], labels, where)
+
+
+def _decode(items: list[_Checked], spec: DatasetSpec, limits: Limits, size: int | None) -> list[CASItem]:
+    """Each image through the one image path (windowed to 8 bits, centre square, resized to the
+    working size); the pixels decoded for the request, at their own size, are bounded together."""
+    out, pixels = [], 0
+    for item in items:
+        try:
+            prepared = prepared_from_base64(
+                item.image, spec.channels, limits.max_image_bytes, limits.max_image_pixels, size
+            )
+        except ImageInputError as exc:
+            raise RequestError(f"{item.where}.image: {exc}", status=exc.status, field=item.where) from None
+        pixels += prepared.info.width * prepared.info.height
+        if pixels > limits.max_request_pixels:
+            raise RequestError(
+                f"{item.where}.image: the images up to here hold {pixels} pixels, over the limit of "
+                f"{limits.max_request_pixels} per request; send fewer or smaller images",
+                status=413,
+                field=item.where,
+            )
+        out.append(CASItem(prepared.pixels, item.labels, prepared.info.as_json()))
+    return out
 
 
 def parse_cas_request(
     raw: bytes, specs: dict[str, DatasetSpec], limits: Limits, sizes: dict[str, int] | None = None
 ) -> CASRequest:
-    """`sizes`: each dataset's working size (its evaluator's input size); images are brought to it."""
+    """Blocking (JSON parsing and image decoding): run it off the event loop. Every structural
+    check, `max_items` included, comes before the first image is decoded. `sizes`: each dataset's
+    working size (its evaluator's input size); images are brought to it."""
     body = parse_json_body(raw)
     unknown = sorted(set(body) - {"dataset", "items"})
     if unknown:
@@ -121,5 +132,5 @@ def parse_cas_request(
             f"{len(items)} items, over the limit of {limits.max_items} per request", status=413, field="items"
         )
     spec = specs[dataset]
-    size = (sizes or {}).get(dataset)
-    return CASRequest(dataset, [_item(raw, spec, limits, f"items[{i}]", size) for i, raw in enumerate(items)])
+    checked = [_check_item(raw, spec, f"items[{i}]") for i, raw in enumerate(items)]
+    return CASRequest(dataset, _decode(checked, spec, limits, (sizes or {}).get(dataset)))

@@ -14,6 +14,7 @@ from craft_ray.cas.tail import image_threshold
 from craft_ray.knowledge.labels import get_dataset
 from craft_ray.serving.cas_requests import CASItem
 from craft_ray.serving.evaluator_config import DatasetServing
+from craft_ray.serving.http_io import ItemFailure
 
 
 @dataclass
@@ -66,21 +67,42 @@ class ServedEvaluator:
         return out
 
 
-def score_items(
-    evaluators: dict[str, ServedEvaluator], jobs: list[tuple[str, CASItem]]
-) -> list[dict[str, Any]]:
-    """Results in the order of `jobs`; items of one dataset and image shape share a forward pass."""
+Outcome = dict[str, Any] | ItemFailure
+
+
+def _score_group(served: ServedEvaluator, items: list[CASItem]) -> list[dict[str, Any]]:
+    device = next(served.evaluator.vlm.parameters()).device
+    images = torch.stack([item.image for item in items]).to(device)
+    label_sets = [item.labels for item in items]
+    with torch.no_grad():
+        rows = served.evaluator.score(images, label_sets, evaluate=True).rows()
+    return [served.result(row, labels) for row, labels in zip(rows, label_sets, strict=True)]
+
+
+def score_items(evaluators: dict[str, ServedEvaluator], jobs: list[tuple[str, CASItem]]) -> list[Outcome]:
+    """Outcomes in the order of `jobs`; items of one dataset and image shape share a forward pass.
+    When a shared pass fails, its items are scored one by one so that only the item at fault gets
+    an `ItemFailure`; an unavailable endpoint fails the group at once (asking again per item would
+    only multiply the waiting)."""
     groups: dict[tuple, list[int]] = defaultdict(list)
     for i, (dataset, item) in enumerate(jobs):
         groups[(dataset, tuple(item.image.shape))].append(i)
-    results: list[dict[str, Any]] = [{} for _ in jobs]
+    results: list[Outcome] = [ItemFailure("internal", "not scored") for _ in jobs]
     for (dataset, _), members in groups.items():
         served = evaluators[dataset]
-        device = next(served.evaluator.vlm.parameters()).device
-        images = torch.stack([jobs[i][1].image for i in members]).to(device)
-        label_sets = [jobs[i][1].labels for i in members]
-        with torch.no_grad():
-            rows = served.evaluator.score(images, label_sets, evaluate=True).rows()
-        for i, row, labels in zip(members, rows, label_sets, strict=True):
-            results[i] = served.result(row, labels)
+        try:
+            for i, result in zip(members, _score_group(served, [jobs[i][1] for i in members]), strict=True):
+                results[i] = result
+            continue
+        except Exception as exc:  # noqa: BLE001 - one caller's item must not fail the others
+            failure = ItemFailure.of(exc)
+        if failure.kind == "unavailable" or len(members) == 1:
+            for i in members:
+                results[i] = failure
+            continue
+        for i in members:
+            try:
+                results[i] = _score_group(served, [jobs[i][1]])[0]
+            except Exception as exc:  # noqa: BLE001
+                results[i] = ItemFailure.of(exc)
     return results

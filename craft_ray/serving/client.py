@@ -44,7 +44,9 @@ class _HTTP:
         except requests.RequestException as exc:
             raise error(f"{url}: cannot connect ({type(exc).__name__})") from None
         if resp.status_code >= 400:
-            raise error(f"{url}: HTTP {resp.status_code}: {_error_message(resp)}")
+            failure = error(f"{url}: HTTP {resp.status_code}: {_error_message(resp)}")
+            failure.status = resp.status_code
+            raise failure
         try:
             return resp.json()
         except ValueError:
@@ -118,7 +120,9 @@ class MLLMClient:
         seed: int = 0,
     ) -> JSONAnswer:
         """Ask for JSON matching `schema` (`response_format` json_schema); validate each answer here
-        too (endpoints may truncate or ignore the schema) plus `check`; retry with other seeds."""
+        too (endpoints may truncate or ignore the schema) plus `check`; retry with other seeds. An
+        endpoint that constrains decoding and finds no complete answer within `max_tokens` says so
+        with HTTP 422 (serve/mllm-cpu.yaml does): that attempt failed, like an invalid answer."""
         answer = JSONAnswer(None)
         response_format = {
             "type": "json_schema",
@@ -126,13 +130,19 @@ class MLLMClient:
         }
         for attempt in range(attempts):
             answer.attempts = attempt + 1
-            resp = self.chat(
-                self.user_message(prompt),
-                max_tokens=max_tokens,
-                temperature=temperature,
-                seed=seed + attempt,
-                response_format=response_format,
-            )
+            try:
+                resp = self.chat(
+                    self.user_message(prompt),
+                    max_tokens=max_tokens,
+                    temperature=temperature,
+                    seed=seed + attempt,
+                    response_format=response_format,
+                )
+            except ModelError as exc:
+                if getattr(exc, "status", None) != 422:
+                    raise
+                answer.problems.append(f"no complete answer: {exc}")
+                continue
             problem, value = _parse_json(resp["choices"][0]["message"]["content"] or "", schema)
             if problem is None and check is not None:
                 problem = check(value)
@@ -191,7 +201,8 @@ class CASClient:
         return self.http.request("GET", "/v1/labels")["datasets"]
 
     def score(self, dataset: str, items: Sequence[tuple[ImageInput, Sequence[str]]]) -> dict:
-        """{'results': [one per item, in order], 'evaluator': {...}}."""
+        """{'results': [one per item, in order], 'evaluator': {...}}. An item the service could not
+        score (its MLLM refused it, ...) holds {'error': {'message', 'type', 'code'}} instead."""
         body = {
             "dataset": dataset,
             "items": [{"image": encode_image(image), "labels": list(labels)} for image, labels in items],

@@ -1,5 +1,7 @@
 """Text generation with a transformers image-text-to-text model, the way an OpenAI server needs it:
-chat template, images through the scorer's pixel adapter, sampling settings, raw-logit logprobs.
+chat template, images through the scorer's pixel adapter, sampling settings, raw-logit logprobs
+(only those asked: the chosen token's and the top k, never the whole vocabulary per step unless
+k = -1), and logits processors such as a JSON grammar.
 
 The pixels take the same path as `MLLMScorer.p_yes` (the processor builds the token ids from
 placeholder images, the adapter computes the pixel values), so the first answer token's
@@ -9,13 +11,19 @@ log-probabilities served over HTTP equal the local scorer's.
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import TYPE_CHECKING
 
 import torch
+import transformers
 from PIL import Image
 
 from craft_ray.models.mllm import WHOLE_VOCABULARY, MLLMScorer, build_mllm
+
+if TYPE_CHECKING:
+    from craft_ray.serving.json_output import GrammarLogitsProcessor
 
 
 @dataclass
@@ -29,12 +37,50 @@ class SamplingSettings:
 
 
 @dataclass
+class StepLogprobs:
+    """One generated token's log-probabilities, from the raw logits (before a grammar, temperature
+    or top-k/top-p): the chosen token's and the k most likely, most likely first."""
+
+    chosen: float
+    top: list[tuple[int, float]]
+
+
+@dataclass
 class Generation:
     token_ids: list[int]
     text: str
     finish_reason: str  # "stop" (EOS or a stop string) | "length"
-    step_logprobs: list[torch.Tensor]  # per generated token: (vocab,) log-softmax of the raw logits
+    logprobs: list[StepLogprobs] | None  # per generated token; None when not asked
     prompt_tokens: int
+
+
+class LogprobRecorder(transformers.LogitsProcessor):
+    """Keeps, per step, only what the answer reports: the top k of the raw logits' log-softmax and
+    (at the next step, once it is chosen) the chosen token's. First in the processor list, so it
+    sees the logits before any other processor changes them."""
+
+    def __init__(self, k: int):
+        self.k, self.steps, self._pending = k, [], None
+
+    def _settle(self, chosen: int) -> None:
+        logp, top = self._pending
+        self.steps.append(StepLogprobs(float(logp[chosen]), top))
+        self._pending = None
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        if self._pending is not None:
+            self._settle(int(input_ids[0, -1]))
+        logp = torch.log_softmax(scores[0].float(), dim=-1)
+        k = logp.shape[0] if self.k == WHOLE_VOCABULARY else min(self.k, logp.shape[0])
+        top = torch.topk(logp, k) if k else None
+        pairs = list(zip(top.indices.tolist(), top.values.tolist(), strict=True)) if top is not None else []
+        self._pending = (logp, pairs)  # one step's full row at a time, dropped once settled
+        return scores
+
+    def finish(self, token_ids: list[int]) -> list[StepLogprobs]:
+        if self._pending is not None and len(self.steps) < len(token_ids):
+            self._settle(token_ids[len(self.steps)])
+        return self.steps
 
 
 class MLLMGenerator:
@@ -78,11 +124,20 @@ class MLLMGenerator:
             inputs[key] = torch.cat([p[key] for p in pixels])
         return inputs
 
-    def generate(self, inputs: dict[str, torch.Tensor], settings: SamplingSettings) -> Generation:
+    def generate(
+        self,
+        inputs: dict[str, torch.Tensor],
+        settings: SamplingSettings,
+        logprobs: int | None = None,
+        grammar: GrammarLogitsProcessor | None = None,
+        text_of: Callable[[list[int]], str] | None = None,
+    ) -> Generation:
+        """logprobs: None (not asked), 0 (the chosen tokens'), k or -1 (also the top k / all);
+        grammar: a processor that masks the tokens it forbids; text_of: how token ids become the
+        answer's text (default: the tokenizer's decode)."""
         prompt_len = int(inputs["input_ids"].shape[1])
         kwargs = dict(
             max_new_tokens=settings.max_new_tokens,
-            output_logits=True,
             return_dict_in_generate=True,
             pad_token_id=self.tokenizer.pad_token_id,
             eos_token_id=self.tokenizer.eos_token_id,
@@ -94,28 +149,26 @@ class MLLMGenerator:
             kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
         if settings.stop:
             kwargs.update(stop_strings=settings.stop, tokenizer=self.tokenizer)
+        recorder = LogprobRecorder(logprobs) if logprobs is not None else None
+        processors = [p for p in (recorder, grammar) if p is not None]
+        if processors:
+            kwargs["logits_processor"] = transformers.LogitsProcessorList(processors)
         seed = settings.seed if settings.seed is not None else random.randrange(2**31)
         with torch.no_grad(), torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             out = self.model.generate(**inputs, **kwargs)
         ids = out.sequences[0, prompt_len:].tolist()
-        step_logprobs = [torch.log_softmax(step[0].float(), dim=-1) for step in out.logits]
-        return self._finish(ids, step_logprobs, prompt_len, settings)
+        steps = recorder.finish(ids) if recorder is not None else None
+        return self._finish(ids, steps, prompt_len, settings, text_of)
 
-    def _finish(self, ids, step_logprobs, prompt_len, settings) -> Generation:
+    def _finish(self, ids, steps, prompt_len, settings, text_of=None) -> Generation:
         eos = self.tokenizer.eos_token_id
         finish = "stop" if ids and ids[-1] == eos else "length"
-        text = self.tokenizer.decode(ids, skip_special_tokens=True)
+        text = text_of(ids) if text_of else self.tokenizer.decode(ids, skip_special_tokens=True)
         for stop in settings.stop:
             at = text.find(stop)
             if at >= 0:
                 text, finish = text[:at], "stop"
         if finish == "length" and len(ids) < settings.max_new_tokens:
             finish = "stop"  # a stop string ended generation early
-        return Generation(ids, text, finish, step_logprobs, prompt_len)
-
-    def top_logprobs(self, logprobs: torch.Tensor, k: int) -> list[tuple[int, float]]:
-        """The k most likely tokens of one step (k=-1: the whole vocabulary), most likely first."""
-        k = logprobs.shape[0] if k == WHOLE_VOCABULARY else min(k, logprobs.shape[0])
-        top = torch.topk(logprobs, k)
-        return list(zip(top.indices.tolist(), top.values.tolist(), strict=True))
+        return Generation(ids, text, finish, steps, prompt_len)

@@ -7,7 +7,10 @@
     POST /api/readers/{reader}/answers         {pair_id, choice, wrong_left, wrong_right, time_ms, change}
     GET  /api/readers/{reader}/images/{image}  a PNG, by opaque id
 
-Errors are JSON `{"detail": ...}`: 403 reader not on the access list, 404 unknown pair or image,
+Every /api route needs the reader's access token (`Authorization: Bearer <token>`, made at
+`craft study create` or `craft study token`); the page sends it, and fetches the images with it.
+Errors are JSON `{"detail": ...}`: 403 reader not on the access list or token missing or wrong (the
+same answer for both, so reader ids cannot be probed), 404 unknown pair or image,
 409 pair already answered (send change=true), 422 malformed body or findings not of the pair.
 Responses carry opaque ids only: the app never reads key.parquet, so it cannot leak a method.
 
@@ -19,8 +22,9 @@ Responses carry opaque ids only: the app never reads key.parquet, so it cannot l
 # ingress methods (Serve rebinds them), not a string, or the body is taken for a query parameter.
 from importlib import resources
 from pathlib import Path
+from typing import Annotated
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Header, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
@@ -53,6 +57,17 @@ class AnswerBody(BaseModel):
 @api.exception_handler(StudyError)
 async def _study_error(request: Request, exc: StudyError) -> JSONResponse:
     return JSONResponse({"detail": str(exc)}, status_code=STATUS.get(type(exc), 400))
+
+
+def reader_token(authorization: Annotated[str | None, Header()] = None) -> str | None:
+    """The reader's access token from 'Authorization: Bearer <token>' (None when absent)."""
+    scheme, _, token = (authorization or "").partition(" ")
+    if scheme.lower() != "bearer":
+        return None
+    return token.strip() or None
+
+
+Token = Annotated[str | None, Depends(reader_token)]
 
 
 def _web(name: str) -> bytes:
@@ -88,23 +103,32 @@ class StudyApp:
         return {"status": "ok", "pairs": len(self.desk.pairs), "replica": replica}
 
     @api.get("/api/readers/{reader}/progress")
-    def progress(self, reader: str) -> dict:
-        return self.desk.progress(reader)
+    def progress(self, reader: str, token: Token) -> dict:
+        return self.desk.progress(reader, token)
 
     @api.get("/api/readers/{reader}/pairs/{pair_id}")
-    def pair(self, reader: str, pair_id: str) -> dict:
-        return self.desk.view(reader, pair_id)
+    def pair(self, reader: str, pair_id: str, token: Token) -> dict:
+        return self.desk.view(reader, token, pair_id)
 
     @api.post("/api/readers/{reader}/answers", status_code=201)
-    def answer(self, reader: str, body: AnswerBody) -> dict:
+    def answer(self, reader: str, body: AnswerBody, token: Token) -> dict:
         saved = self.desk.answer(
-            reader, body.pair_id, body.choice, body.wrong_left, body.wrong_right, body.time_ms, body.change
+            reader,
+            token,
+            body.pair_id,
+            body.choice,
+            body.wrong_left,
+            body.wrong_right,
+            body.time_ms,
+            body.change,
         )
-        return {"answer": saved.public(), "progress": self.desk.progress(reader)}
+        return {"answer": saved.public(), "progress": self.desk.progress(reader, token)}
 
     @api.get("/api/readers/{reader}/images/{image_id}")
-    def image(self, reader: str, image_id: str) -> FileResponse:
-        return FileResponse(self.desk.image(reader, image_id), media_type="image/png")
+    def image(self, reader: str, image_id: str, token: Token) -> FileResponse:
+        # private: a shared cache must not hand one reader's image to a request without the token
+        path = self.desk.image(reader, token, image_id)
+        return FileResponse(path, media_type="image/png", headers={"Cache-Control": "private, no-store"})
 
 
 class StudyAppArgs(BaseModel):

@@ -5,7 +5,8 @@ restricted to the labels every run knows, so the study sees the dataset's label 
 co-occurrences. For each label set every pair of runs makes one pair, both images generated with
 the same seed. Optional control pairs put a real image of the split (resized to the generated
 resolution) beside a generated image of the same label set. Pair order, left/right sides and image
-ids are drawn from the study seed; which source is on which side goes to key.parquet only.
+ids are drawn from the study seed; which source is on which side goes to key.parquet only. Each
+reader gets a random access token (not from the seed), returned once; the manifest keeps its hash.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from craft_ray.data.images import encode_png
 from craft_ray.errors import CraftError, StudyError
 from craft_ray.knowledge.labels import get_dataset
 from craft_ray.outputs import atomic_dir, check_output
+from craft_ray.study.access import issue
 from craft_ray.study.generate import generate_images
 from craft_ray.study.layout import (
     IMAGES,
@@ -108,6 +110,7 @@ class StudyPlan:
     seeds: list[int]
     real_rows: list[dict]
     rng: np.random.Generator
+    tokens: dict[str, str]  # reader -> access token: shown once, only its hash is written
 
 
 def plan_study(
@@ -138,6 +141,7 @@ def plan_study(
     label_sets = [pool[int(i)]["labels"] for i in rng.integers(0, len(pool), n)]
     real_rows = [pool[int(i)] for i in rng.integers(0, len(pool), controls)]
     names = source_names(runs)
+    tokens, hashes = issue(readers)
     manifest = StudyManifest(
         dataset=dataset,
         data_uri=str(data_uri),
@@ -150,9 +154,10 @@ def plan_study(
         sources=[_source(name, run) for name, run in zip(names, runs, strict=True)]
         + ([Source(name=REAL, method=REAL)] if controls else []),
         readers=readers,
+        reader_tokens=hashes,
     )
     seeds = [image_seed(seed, i) for i in range(n)]
-    return StudyPlan(runs, names, manifest, label_sets, seeds, real_rows, rng)
+    return StudyPlan(runs, names, manifest, label_sets, seeds, real_rows, rng, tokens)
 
 
 def write_study(plan: StudyPlan, out: str | Path, progress: Progress | None = None) -> StudyManifest:
@@ -187,9 +192,10 @@ def create_study(
     data: str | None = None,
     overwrite: bool = False,
     progress: Progress | None = None,
-) -> StudyManifest:
+) -> tuple[StudyManifest, dict[str, str]]:
+    """The manifest and each reader's access token (the study keeps only their hashes)."""
     plan = plan_study(run_dirs, out, n, seed, readers, controls, split, data, overwrite)
-    return write_study(plan, out, progress)
+    return write_study(plan, out, progress), plan.tokens
 
 
 def _source(name: str, run: StudyRun) -> Source:

@@ -1,6 +1,7 @@
 """The study directory: what `craft study create` writes and the app and the analysis read.
 
     <study>/manifest.json     runs the study came from, n, seed, dataset, the readers' access list
+                              and the SHA-256 of each reader's access token (never the token)
     <study>/pairs.parquet     one row per pair: pair id, label set, seed, left/right opaque image ids
     <study>/key.parquet       the hidden mapping: which source is on which side (never served)
     <study>/images/<id>.png   one file per shown image, named by an opaque id
@@ -18,9 +19,10 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from craft_ray.errors import StudyError
+from craft_ray.outputs import write_text_atomic
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -84,6 +86,8 @@ class StudyManifest(BaseModel):
     pairs: int
     sources: list[Source]
     readers: list[str]
+    # reader -> "sha256:<hex>" of the reader's access token; a reader without one cannot get in
+    reader_tokens: dict[str, str] = Field(default_factory=dict)
 
     @field_validator("readers")
     @classmethod
@@ -96,6 +100,16 @@ class StudyManifest(BaseModel):
         if len(set(readers)) != len(readers):
             raise ValueError("reader ids must be unique")
         return readers
+
+    @model_validator(mode="after")
+    def _tokens_of_readers(self) -> StudyManifest:
+        strangers = sorted(set(self.reader_tokens) - set(self.readers))
+        if strangers:
+            raise ValueError(f"reader_tokens: {strangers} are not in readers")
+        bad = sorted(r for r, h in self.reader_tokens.items() if not re.fullmatch(r"sha256:[0-9a-f]{64}", h))
+        if bad:
+            raise ValueError(f"reader_tokens: the entries of {bad} are not sha256:<64 hex digits>")
+        return self
 
 
 class StudyDir:
@@ -142,7 +156,8 @@ def _read_rows(path: Path, schema: pa.Schema) -> list[dict]:
 
 
 def write_manifest(root: Path, manifest: StudyManifest) -> None:
-    (root / MANIFEST).write_text(manifest.model_dump_json(indent=2) + "\n")
+    """Atomically (temp name + rename): a running app may read it at any moment."""
+    write_text_atomic(root / MANIFEST, manifest.model_dump_json(indent=2) + "\n")
 
 
 def write_table(path: Path, rows: list[dict], schema: pa.Schema) -> None:

@@ -1,5 +1,6 @@
-"""What a reader sees and does, without HTTP: the access list, each reader's pair order, the pair
-views (label set, opaque image ids, checklist findings), progress, and validated answers.
+"""What a reader sees and does, without HTTP: the access list and access tokens, each reader's pair
+order, the pair views (label set, opaque image ids, checklist findings), progress, and validated
+answers. Every call names the reader and carries the reader's token: an id alone gets nowhere.
 
 Nothing here reads the key: a pair view cannot name a source because this class never knows one.
 """
@@ -13,14 +14,15 @@ import numpy as np
 
 from craft_ray.errors import StudyError
 from craft_ray.knowledge.checklists import load_knowledge
-from craft_ray.study.layout import StudyDir, check_reader_id
+from craft_ray.study.access import token_matches
+from craft_ray.study.layout import MANIFEST, StudyDir, check_reader_id
 from craft_ray.study.store import Answer, AnswerStore
 
 CHOICES = ("left", "right", "none")
 
 
 class NotOnAccessList(StudyError):
-    """The reader id is not on the study's access list."""
+    """The reader id is not on the study's access list, or the access token is missing or wrong."""
 
 
 class UnknownItem(StudyError):
@@ -36,7 +38,7 @@ class ReaderDesk:
         self.study = StudyDir(root)
         manifest = self.study.manifest()
         self.seed = manifest.seed
-        self._readers = set(manifest.readers)
+        self._tokens, self._manifest_stamp = dict(manifest.reader_tokens), self._stamp()
         self.pairs = {p["pair_id"]: p for p in self.study.pairs()}
         self._images = {
             p[side]: pid for pid, p in self.pairs.items() for side in ("left_image", "right_image")
@@ -51,16 +53,31 @@ class ReaderDesk:
         }
         self.store = AnswerStore(self.study.answers_path)
 
-    def check_reader(self, reader: str) -> None:
-        """Readers added to manifest.json while the app runs are admitted without a restart."""
+    def _stamp(self) -> tuple[int, int, int]:
+        stat = (self.study.root / MANIFEST).stat()
+        return stat.st_ino, stat.st_mtime_ns, stat.st_size
+
+    def check_reader(self, reader: str, token: str | None) -> None:
+        """The reader must be on the access list with this token. The manifest is read again when it
+        has changed (one stat per request): readers added and tokens issued or replaced while the
+        app runs (`craft study token`) count at once, without a restart, and a replaced token stops
+        working. An unknown reader and a wrong token get the same answer, so ids cannot be probed."""
         try:
             check_reader_id(reader)
         except StudyError as exc:
             raise NotOnAccessList(str(exc)) from None
-        if reader not in self._readers:
-            self._readers = set(self.study.manifest().readers)
-        if reader not in self._readers:
-            raise NotOnAccessList(f"reader '{reader}' is not on this study's access list")
+        if not token:
+            raise NotOnAccessList(
+                f"reader '{reader}': send the reader's access token (from `craft study create` or "
+                "`craft study token`) as 'Authorization: Bearer <token>'"
+            )
+        stamp = self._stamp()
+        if stamp != self._manifest_stamp:
+            self._tokens, self._manifest_stamp = dict(self.study.manifest().reader_tokens), stamp
+        if not token_matches(token, self._tokens.get(reader)):
+            raise NotOnAccessList(
+                f"reader '{reader}' with this access token is not on this study's access list"
+            )
 
     def order(self, reader: str) -> list[str]:
         """The reader's own pair order (seeded by study seed and reader id): fixed across sessions."""
@@ -71,8 +88,12 @@ class ReaderDesk:
     def findings(self, pair_id: str) -> list[dict]:
         return [item for label in self.pairs[pair_id]["labels"] for item in self._findings.get(label, [])]
 
-    def view(self, reader: str, pair_id: str, answers: dict[tuple[str, str], Answer] | None = None) -> dict:
-        self.check_reader(reader)
+    def view(self, reader: str, token: str | None, pair_id: str) -> dict:
+        """A pair as the reader sees it, with the reader's current answer."""
+        self.check_reader(reader, token)
+        return self._view(reader, pair_id)
+
+    def _view(self, reader: str, pair_id: str, answers: dict[tuple[str, str], Answer] | None = None) -> dict:
         if pair_id not in self.pairs:
             raise UnknownItem(f"no pair '{pair_id}' in this study")
         pair = self.pairs[pair_id]
@@ -88,8 +109,8 @@ class ReaderDesk:
             "answer": answer.public() if answer else None,
         }
 
-    def progress(self, reader: str) -> dict:
-        self.check_reader(reader)
+    def progress(self, reader: str, token: str | None) -> dict:
+        self.check_reader(reader, token)
         answers = self.store.latest(reader)
         order = self.order(reader)
         pending = [pid for pid in order if (reader, pid) not in answers]
@@ -98,13 +119,14 @@ class ReaderDesk:
             "reader": reader,
             "total": len(order),
             "done": len(order) - len(pending),
-            "next": self.view(reader, pending[0], answers) if pending else None,
+            "next": self._view(reader, pending[0], answers) if pending else None,
             "last": answered[-1].pair_id if answered else None,
         }
 
     def answer(
         self,
         reader: str,
+        token: str | None,
         pair_id: str,
         choice: str,
         wrong_left: list[str],
@@ -112,7 +134,7 @@ class ReaderDesk:
         time_ms: int,
         change: bool,
     ) -> Answer:
-        self.check_reader(reader)
+        self.check_reader(reader, token)
         if pair_id not in self.pairs:
             raise UnknownItem(f"no pair '{pair_id}' in this study")
         if choice not in CHOICES:
@@ -125,8 +147,8 @@ class ReaderDesk:
             reader, pair_id, choice, sorted(set(wrong_left)), sorted(set(wrong_right)), time_ms, change
         )
 
-    def image(self, reader: str, image_id: str) -> Path:
-        self.check_reader(reader)
+    def image(self, reader: str, token: str | None, image_id: str) -> Path:
+        self.check_reader(reader, token)
         if image_id not in self._images:  # only ids of the study: no path from the request reaches the disk
             raise UnknownItem(f"no image '{image_id}' in this study")
         return self.study.image_path(image_id)

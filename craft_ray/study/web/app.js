@@ -1,17 +1,23 @@
 "use strict";
 // The reader-study page: no framework, no build step. The server decides what comes next; this
-// page only shows it, collects one answer at a time and sends it at once.
+// page only shows it, collects one answer at a time and sends it at once. Every request carries the
+// reader's access token (Authorization header); images too, fetched here and shown from blob URLs.
 
 const $ = (id) => document.getElementById(id);
 const KEYS = { ArrowLeft: "left", ArrowRight: "right", ArrowDown: "none" };
-const state = { reader: null, pair: null, shownAt: 0, busy: false, revising: false, last: null };
+const state = { reader: null, token: null, pair: null, shownAt: 0, busy: false, revising: false, last: null };
 
 function show(section) {
   for (const id of ["login", "task", "done"]) $(id).hidden = id !== section;
 }
 
+function withToken(options) {
+  const headers = Object.assign({}, (options || {}).headers, { Authorization: `Bearer ${state.token}` });
+  return Object.assign({}, options, { headers });
+}
+
 async function api(path, options) {
-  const response = await fetch(path, options);
+  const response = await fetch(path, withToken(options));
   let body = null;
   try { body = await response.json(); } catch (e) { body = null; }
   return { ok: response.ok, status: response.status, body };
@@ -28,17 +34,25 @@ function readerPath(rest) {
   return `/api/readers/${encodeURIComponent(state.reader)}${rest}`;
 }
 
-async function login(reader) {
+function forget() {
+  state.reader = null;
+  state.token = null;
+  localStorage.removeItem("reader");
+  localStorage.removeItem("token");
+}
+
+async function login(reader, token) {
   state.reader = reader;
+  state.token = token;
   const r = await api(readerPath("/progress"));
   if (!r.ok) {
-    state.reader = null;
-    localStorage.removeItem("reader");
+    forget();
     $("login-error").textContent = message(r);
     show("login");
     return;
   }
   localStorage.setItem("reader", reader);
+  localStorage.setItem("token", token);
   $("login-error").textContent = "";
   $("who").textContent = `reader ${reader}`;
   $("switch").hidden = false;
@@ -90,12 +104,26 @@ function markChoice(choice) {
   $("right-img").classList.toggle("chosen", choice === "right");
 }
 
+async function showImage(id, path, pairId) {
+  // an <img src> cannot send the token: fetch the PNG with it and show it from a blob URL
+  const img = $(id);
+  const response = await fetch(path, withToken());
+  if (!response.ok) { $("task-error").textContent = `image: request failed (HTTP ${response.status})`; return; }
+  const blob = await response.blob();
+  if (!state.pair || state.pair.pair_id !== pairId) return;  // the reader has moved on meanwhile
+  const url = URL.createObjectURL(blob);
+  if (img.dataset.blob) URL.revokeObjectURL(img.dataset.blob);
+  img.dataset.blob = url;
+  img.src = url;
+}
+
 function showPair(pair) {
   state.pair = pair;
   $("task").dataset.pair = pair.pair_id;
   $("labels").textContent = pair.labels.join(", ");
-  $("left-img").src = pair.left;
-  $("right-img").src = pair.right;
+  for (const id of ["left-img", "right-img"]) $(id).removeAttribute("src");
+  showImage("left-img", pair.left, pair.pair_id);
+  showImage("right-img", pair.right, pair.pair_id);
   fillFindings("left", pair.findings, pair.answer ? pair.answer.wrong_left : []);
   fillFindings("right", pair.findings, pair.answer ? pair.answer.wrong_right : []);
   markChoice(pair.answer ? pair.answer.choice : null);
@@ -163,11 +191,11 @@ document.querySelectorAll(".choices button").forEach((b) => b.addEventListener("
 $("login-form").addEventListener("submit", (event) => {
   event.preventDefault();
   const reader = $("reader").value.trim();
-  if (reader) login(reader);
+  const token = $("token").value.trim();
+  if (reader && token) login(reader, token);
 });
 $("switch").addEventListener("click", () => {
-  localStorage.removeItem("reader");
-  state.reader = null;
+  forget();
   $("who").textContent = "";
   $("progress").textContent = "";
   $("switch").hidden = true;
@@ -177,5 +205,22 @@ $("revise").addEventListener("click", revise);
 $("revise-done").addEventListener("click", revise);
 $("skip-revise").addEventListener("click", backToNext);
 
-const initial = new URLSearchParams(location.search).get("reader") || localStorage.getItem("reader");
-if (initial) login(initial); else show("login");
+// a reader's link: /#reader=<id>&token=<token> (a fragment never reaches a server or its logs);
+// taken out of the address bar at once, so it is not left on screen or in the history
+function fromLink() {
+  const link = new URLSearchParams(location.hash.slice(1));
+  if (!(link.get("reader") && link.get("token"))) return null;
+  history.replaceState(null, "", location.pathname + location.search);
+  return { reader: link.get("reader"), token: link.get("token") };
+}
+
+window.addEventListener("hashchange", () => {  // a link pasted into the open page
+  const link = fromLink();
+  if (link) login(link.reader, link.token);
+});
+const initial = fromLink() || { reader: localStorage.getItem("reader"), token: localStorage.getItem("token") };
+if (initial.reader && initial.token) login(initial.reader, initial.token);
+else {
+  if (initial.reader) $("reader").value = initial.reader;
+  show("login");
+}
