@@ -173,9 +173,10 @@ class Precision:
         for module in (components.unet, components.vae, components.text_encoder):
             cast_frozen(module, precision.dtype)
             ensure_sdpa(module)
-        if ctx.evaluator is not None:
-            cast_frozen(ctx.evaluator.vlm, precision.dtype)
-            ctx.evaluator.vlm.to(device)  # clears its text-embedding cache (made in the old dtype)
+        vlm = getattr(ctx.evaluator, "vlm", None)  # the reward's image-text model, if it has one
+        if isinstance(vlm, torch.nn.Module):
+            cast_frozen(vlm, precision.dtype)
+            vlm.to(device)  # clears its text-embedding cache (made in the old dtype)
         if t.channels_last:  # convolutions read NHWC: cuDNN's fast layout for bf16/fp16
             for module in (components.unet, components.vae):
                 module.to(memory_format=torch.channels_last)
