@@ -267,7 +267,7 @@ def run_probe(
                 cmd, capture_output=True, text=True, env=env, check=False, timeout=timeout_s
             )
         except subprocess.TimeoutExpired:
-            return {"error": f"timed out after {timeout_s:g} s"}
+            return {"error": f"stopped after {timeout_s:.0f} s (deadline or --probe-timeout-s)"}
     if result.returncode:
         print(result.stderr[-3000:], file=sys.stderr, flush=True)
         lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
@@ -293,19 +293,19 @@ def memory(args: argparse.Namespace, data: str) -> None:
     flops = args.flops if args.flops is not None else args.device == "cuda"
     reference: dict[tuple[int, int], dict] = {}  # (T, K) -> the FLOP-counting probe
 
-    def in_time() -> bool:
-        return args.deadline_s is None or time.perf_counter() - started < args.deadline_s
+    def time_left() -> float:
+        return float("inf") if args.deadline_s is None else args.deadline_s - (time.perf_counter() - started)
 
     def probe_once(steps: int | None = None, **kwargs) -> dict:
-        if not in_time():
-            return {"error": f"not run: past --deadline-s {args.deadline_s:g}"}
+        if time_left() < 20:  # the deadline is the table's end: a probe still running then is stopped
+            return {"error": f"not run: --deadline-s {args.deadline_s:g} reached"}
         return run_probe(
             data,
             args.base,
             steps or args.steps,
             device=args.device,
             resolution=args.resolution,
-            timeout_s=args.probe_timeout_s,
+            timeout_s=min(args.probe_timeout_s or float("inf"), time_left()),
             **kwargs,
         )
 
@@ -443,7 +443,10 @@ def main() -> None:
         "--resolution", type=int, default=64, help="image side; sd15 at 512 gives 64x64 latents"
     )
     parser.add_argument(
-        "--deadline-s", type=float, default=None, help="memory: start no probe after this many seconds"
+        "--deadline-s",
+        type=float,
+        default=None,
+        help="memory: the table ends this many seconds after it started (a probe still running is stopped)",
     )
     parser.add_argument(
         "--probe-timeout-s", type=float, default=None, help="memory: stop a probe running longer than this"

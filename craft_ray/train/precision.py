@@ -1,5 +1,5 @@
 """How a training worker stores and runs its models: `training.weight_dtype`, `.channels_last`,
-`.compile` (README "Training", "Precision and compilation").
+`.compile` (README "Precision and compilation").
 
 - **Weight dtype.** The frozen weights (UNet, VAE, text encoder, the reward VLM) are stored in
   `weight_dtype`; trainable parameters (LoRA, or the whole UNet for `full_sft`) and the optimiser
