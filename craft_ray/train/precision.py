@@ -89,7 +89,7 @@ class LossScaler:
         self.enabled, self.value, self.growth_interval, self.clean = enabled, init, growth_interval, 0
 
     def scale(self, loss: torch.Tensor) -> torch.Tensor:
-        return loss * self.value if self.enabled else loss
+        return loss.float() * self.value if self.enabled else loss  # (an fp16 loss x 4096 could overflow)
 
     def unscale_(self, params: list[torch.nn.Parameter]) -> None:
         if self.enabled:
