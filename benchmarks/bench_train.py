@@ -3,20 +3,32 @@
     python benchmarks/bench_train.py memory     # CRAFT step time and peak memory vs T, K, checkpointing
     python benchmarks/bench_train.py memory --base sd15 --device cuda --resolution 512   # on a GPU node
     python benchmarks/bench_train.py memory --base sd15 --device cuda --resolution 512 --T 10,50 --K 1,5
+    python benchmarks/bench_train.py memory --base sd15 --device cuda --resolution 512 --T 50 --K 1,5 \
+        --batch 8,1 --ckpt on --variants fp32,bf16,bf16+compile      # the precision options (issue 22)
     python benchmarks/bench_train.py overhead   # 1-worker Ray TorchTrainer vs the same loop in a plain process
     python benchmarks/bench_train.py            # both
 
 Peak memory is the process's peak resident set (VmHWM) during the training steps minus its
 resident set when the loop starts stepping (models built, data indexed): the memory the steps add.
 On CUDA it is `torch.cuda.max_memory_allocated` minus the allocation when stepping starts.
-Every configuration runs in a fresh subprocess.
+Every configuration runs in a fresh subprocess. "Peak total" is the whole peak during the steps
+(resident models included: what `training.weight_dtype` shrinks); "setup s" runs from building the
+models to the first step (with `compile`: the warm-up step that compiles every graph).
 
-Model FLOP utilisation (`--flops`, on by default with `--device cuda`): one extra step after the
-timed ones runs under `torch.utils.flop_counter.FlopCounterMode`, which counts the matrix products,
-convolutions and attention of everything the step runs (sampling without gradient, the K steps
-with gradient and their backward, VAE decode, the reward VLM). With gradient checkpointing that
-count includes the recomputed forwards (hardware FLOPs); MFU divides the *model* FLOPs of the
-same T and K, the count without checkpointing, by the step time and the card's dense bf16 peak
+Variants (`--variants`, a comma list): a weight dtype (`fp32`, `bf16`, `fp16`: `training.weight_dtype`)
+with `+cl` (`training.channels_last`), `+compile` (`training.compile`), `+aot` (compile backend
+aot_eager instead of inductor, for CPU), `+nocg` (no CUDA graphs for the no-gradient calls).
+The "compiled" column is the run's own `compiled` metric: 0 means compilation failed and the run
+fell back to eager (see its stderr).
+
+Model FLOP utilisation (`--flops`, on by default with `--device cuda`): for each (T, K) one extra
+probe (fp32 eager, batch 1, no checkpointing) runs one step after its timed ones under
+`torch.utils.flop_counter.FlopCounterMode`, which counts the matrix products, convolutions and
+attention of everything the step runs (sampling without gradient, the K steps with gradient and
+their backward, VAE decode, the reward VLM). That is the step's *model* FLOPs (no recomputation;
+the same for every variant: a dtype, a memory layout or a compiler does not change the math, and a
+compiled graph would hide its kernels from the counter). A step of batch B does B times that (measured
+on the H200: 8.00x at batch 8). MFU = B x the count / step time / the card's dense bf16 peak
 (`--peak-tflops`, known cards looked up by name).
 """
 
@@ -69,6 +81,7 @@ def experiment(
     resolution: int = 64,
     report_every: int = 10,
     batch_size: int = 1,
+    **training: object,
 ) -> dict:
     return {
         "name": f"bench-T{T}-K{K}-{int(ckpt)}-{base}",
@@ -85,10 +98,32 @@ def experiment(
             "checkpoint_every": 10_000,
             "report_every": report_every,
             "max_failures": 0,
+            **training,
         },
         "scaling": {"workers": workers, "cpus_per_worker": cpus},
         "storage": {"path": storage},
     }
+
+
+VARIANT_FLAGS = {"cl", "compile", "aot", "nocg"}
+
+
+def variant_training(variant: str) -> dict:
+    """'bf16+cl+compile' -> the training keys it sets (see the module docstring)."""
+    dtype, *flags = variant.split("+")
+    unknown = [f for f in flags if f not in VARIANT_FLAGS]
+    if dtype not in ("fp32", "bf16", "fp16") or unknown:
+        raise SystemExit(
+            f"bad variant {variant!r}: a dtype (fp32|bf16|fp16) then +{'/+'.join(sorted(VARIANT_FLAGS))}"
+        )
+    keys: dict = {"weight_dtype": dtype}
+    if "cl" in flags:
+        keys["channels_last"] = True
+    if "compile" in flags:
+        keys["compile"] = True
+        keys["compile_backend"] = "aot_eager" if "aot" in flags else "inductor"
+        keys["compile_cudagraphs"] = "nocg" not in flags
+    return keys
 
 
 def wall_per_step(records: list[dict]) -> float:
@@ -99,6 +134,8 @@ def wall_per_step(records: list[dict]) -> float:
 def probe(args: argparse.Namespace) -> None:
     """(subprocess) run the real loop in a plain process; print step times, the memory added and,
     with --flops, the FLOPs of one more step."""
+    import time
+
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -115,9 +152,12 @@ def probe(args: argparse.Namespace) -> None:
             self.timed_steps, self.count_flops = timed_steps, count_flops
             self.counter: FlopCounterMode | None = None
             self.step_flops: float | None = None
+            self.started = time.perf_counter()
 
         def checkpoint_to_resume(self):
+            self.setup_s = time.perf_counter() - self.started  # models built (and compiled)
             if self.device.type == "cuda":  # GPU: the memory the steps allocate on the device
+                torch.cuda.synchronize()
                 torch.cuda.reset_peak_memory_stats()
                 self.baseline = torch.cuda.memory_allocated() / 2**20
             else:  # CPU: reset the peak-RSS mark so only the steps count
@@ -131,11 +171,12 @@ def probe(args: argparse.Namespace) -> None:
                 self.step_flops = float(self.counter.get_total_flops())
                 self.counter = None
             if self.device.type == "cuda":
-                peak = torch.cuda.max_memory_allocated() / 2**20 - self.baseline
+                total = torch.cuda.max_memory_allocated() / 2**20
             else:
-                peak = _status_kib("VmHWM") / 1024 - self.baseline
+                total = _status_kib("VmHWM") / 1024
             for record in metrics.get("history") or [metrics]:
-                record["peak_added_mib"] = peak
+                record["peak_added_mib"] = total - self.baseline
+                record["peak_total_mib"] = total
             super().report(metrics, None, None)
             if self.count_flops and len(self.metrics) == self.timed_steps:
                 self.counter = FlopCounterMode(display=False)
@@ -154,6 +195,7 @@ def probe(args: argparse.Namespace) -> None:
             resolution=args.resolution,
             report_every=1 if args.flops else 10,
             batch_size=args.batch,
+            **variant_training(args.variant),
         )
     )
     session = MeasuringSession(args.out, args.device, args.steps, args.flops)
@@ -163,6 +205,9 @@ def probe(args: argparse.Namespace) -> None:
         "step_s": statistics.median(m["step_time_s"] for m in timed[1:]),
         "wall_s": wall_per_step(timed),
         "peak_added_mib": max(m["peak_added_mib"] for m in timed),
+        "peak_total_mib": max(m["peak_total_mib"] for m in timed),
+        "setup_s": session.setup_s,
+        "compiled": timed[-1].get("compiled"),
         "step_flops": session.step_flops,
         "device_name": torch.cuda.get_device_name() if session.device.type == "cuda" else "cpu",
     }
@@ -181,7 +226,11 @@ def run_probe(
     resolution: int = 64,
     flops: bool = False,
     batch: int = 1,
+    variant: str = "fp32",
+    timeout_s: float | None = None,
 ) -> dict:
+    """One configuration in a fresh process; {"error": ...} instead of exiting when it fails or
+    outlives `timeout_s` (a table of many rows keeps the rows that worked)."""
     env = dict(os.environ)
     if threads:
         env["OMP_NUM_THREADS"] = str(threads)
@@ -209,11 +258,20 @@ def run_probe(
             *(["--ckpt"] if ckpt else []),
             "--batch",
             str(batch),
+            "--variants",
+            variant,
             *(["--flops"] if flops else []),
         ]
-        result = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+        try:
+            result = subprocess.run(
+                cmd, capture_output=True, text=True, env=env, check=False, timeout=timeout_s
+            )
+        except subprocess.TimeoutExpired:
+            return {"error": f"stopped after {timeout_s:.0f} s (deadline or --probe-timeout-s)"}
     if result.returncode:
-        sys.exit(result.stderr[-3000:])
+        print(result.stderr[-3000:], file=sys.stderr, flush=True)
+        lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
+        return {"error": (lines[-1] if lines else f"exit status {result.returncode}")[:200]}
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
@@ -227,46 +285,79 @@ def make_data(root: Path) -> str:
 
 
 def memory(args: argparse.Namespace, data: str) -> None:
+    """The table: for each K, batch, variant, checkpointing and T (in that nesting: list the rows
+    that matter most first, `--deadline-s` cuts the rest), plus one FLOP-counting probe per (T, K)."""
+    import time
+
+    started = time.perf_counter()
     flops = args.flops if args.flops is not None else args.device == "cuda"
-    results = {}
-    for ckpt in (True, False):
-        for K in args.K_values:
-            for T in args.T_values:
-                r = run_probe(
-                    data,
-                    args.base,
-                    args.steps,
-                    T,
-                    K,
-                    ckpt,
-                    device=args.device,
-                    resolution=args.resolution,
-                    flops=flops,
-                    batch=args.batch,
-                )
-                results[ckpt, K, T] = r
-                print([ckpt, K, T, r], flush=True)
-    device_name = next(iter(results.values()))["device_name"]
-    peak = args.peak_tflops or peak_tflops(device_name)
-    rows = []
-    for (ckpt, K, T), r in results.items():
-        row = ["on" if ckpt else "off", K, T, r["step_s"], r["peak_added_mib"]]
-        if flops:
-            model_flops = results.get((False, K, T), r)["step_flops"]  # no recomputation
-            achieved = r["step_flops"] / r["step_s"] / 1e12
-            row += [r["step_flops"] / 1e12, achieved]
-            row.append(model_flops / r["step_s"] / 1e12 / peak if peak else float("nan"))
-        rows.append(row)
-    columns = ["grad ckpt", "K", "T", "step s", "peak added MiB"]
+    reference: dict[tuple[int, int], dict] = {}  # (T, K) -> the FLOP-counting probe
+
+    def time_left() -> float:
+        return float("inf") if args.deadline_s is None else args.deadline_s - (time.perf_counter() - started)
+
+    def probe_once(steps: int | None = None, **kwargs) -> dict:
+        if time_left() < 20:  # the deadline is the table's end: a probe still running then is stopped
+            return {"error": f"not run: --deadline-s {args.deadline_s:g} reached"}
+        return run_probe(
+            data,
+            args.base,
+            steps or args.steps,
+            device=args.device,
+            resolution=args.resolution,
+            timeout_s=min(args.probe_timeout_s or float("inf"), time_left()),
+            **kwargs,
+        )
+
+    rows, device_name = [], None
+    columns = ["variant", "batch", "grad ckpt", "K", "T", "step s", "peak added MiB", "peak total MiB"]
+    columns += ["setup s", "compiled"]
     if flops:
-        columns += ["TFLOP/step (counted)", "TFLOP/s", "MFU"]
-    report(
-        f"CRAFT step on {device_name}, UNet '{args.base}', {args.resolution} px, batch {args.batch}, CFG"
-        + (f"; MFU against {peak} TFLOP/s dense bf16" if flops and peak else ""),
-        columns,
-        rows,
-        args.json,
+        columns += ["model TFLOP/step", "TFLOP/s", "MFU"]
+    for K in args.K_values:
+        for batch in args.batch_values:
+            for variant in args.variant_values:
+                for ckpt in args.ckpt_values:
+                    for T in args.T_values:
+                        if flops and (T, K) not in reference:
+                            reference[T, K] = probe_once(T=T, K=K, ckpt=False, flops=True, batch=1, steps=2)
+                            print(["FLOP reference, batch 1", K, T, reference[T, K]], flush=True)
+                        r = probe_once(T=T, K=K, ckpt=ckpt, batch=batch, variant=variant)
+                        print([variant, batch, ckpt, K, T, r], flush=True)
+                        device_name = device_name or r.get("device_name")
+                        row = [variant, batch, "on" if ckpt else "off", K, T]
+                        if "error" in r:
+                            rows.append(row + [r["error"]] + [""] * (len(columns) - 6))
+                        else:
+                            compiled = r.get("compiled")
+                            row += [r["step_s"], r["peak_added_mib"], r["peak_total_mib"], r["setup_s"]]
+                            row.append("-" if compiled is None else int(compiled))
+                            if flops:
+                                peak = args.peak_tflops or peak_tflops(r["device_name"])
+                                counted = reference[T, K].get("step_flops")
+                                model = counted * batch / 1e12 if counted else float("nan")
+                                achieved = model / r["step_s"]
+                                row += [model, achieved, achieved / peak if peak else float("nan")]
+                            rows.append(row)
+                        save(args.json, columns, rows, reference)  # after every row: a cut-off run keeps it
+    peak = args.peak_tflops or peak_tflops(device_name or "")
+    title = f"CRAFT step on {device_name}, UNet '{args.base}', {args.resolution} px, CFG" + (
+        f"; MFU against {peak} TFLOP/s dense bf16" if flops and peak else ""
     )
+    report(title, columns, rows)
+    save(args.json, columns, rows, reference, title)
+
+
+def save(json_path: str | None, columns: list, rows: list, reference: dict, title: str | None = None) -> None:
+    """--json: the table so far and the FLOP-counting probes, written whole (temp name + rename)."""
+    if not json_path:
+        return
+    path = Path(json_path)
+    doc = {"title": title, "columns": columns, "rows": rows}
+    doc["flop_reference"] = {f"T{T}K{K}": v for (T, K), v in reference.items()}
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(doc, indent=2))
+    tmp.replace(path)
 
 
 def overhead(args: argparse.Namespace, data: str) -> None:
@@ -280,6 +371,8 @@ def overhead(args: argparse.Namespace, data: str) -> None:
     rows = []
     for threads in (1, 2):
         plain = run_probe(data, "tiny", steps, T, 1, True, threads=threads)
+        if "error" in plain:
+            sys.exit(plain["error"])
         with tempfile.TemporaryDirectory() as storage:
             cfg = validate_config(
                 experiment(data, storage, "tiny", steps, T, 1, True, workers=1, cpus=threads)
@@ -314,12 +407,25 @@ def main() -> None:
     parser.add_argument("what", nargs="?", default="all", choices=["all", "memory", "overhead", "_probe"])
     parser.add_argument("--base", default="small")
     parser.add_argument("--steps", type=int, default=3)
-    parser.add_argument("--batch", type=int, default=1, help="images per step (the UNet sees 2x: CFG)")
-    parser.add_argument("--json", default=None)
+    parser.add_argument(
+        "--batch", default="1", help="images per step (the UNet sees 2x: CFG); a comma list for memory"
+    )
+    parser.add_argument("--json", default=None, help="memory: write the rows here after each one")
     parser.add_argument("--data", default=None)
     parser.add_argument("--out", default=None)
     parser.add_argument("--T", default="10,25,50", help="sampler steps: a value, or a comma list for memory")
     parser.add_argument("--K", default="1,2,5", help="steps with gradient: a value, or a comma list")
+    parser.add_argument(
+        "--variants",
+        default="fp32",
+        help="memory: comma list of fp32|bf16|fp16 [+cl] [+compile] [+aot] [+nocg] (module docstring)",
+    )
+    parser.add_argument(
+        "--ckpt-values",
+        default="on,off",
+        choices=["on,off", "off,on", "on", "off"],
+        help="memory: gradient checkpointing, the values to measure",
+    )
     parser.add_argument(
         "--flops",
         action=argparse.BooleanOptionalAction,
@@ -329,17 +435,32 @@ def main() -> None:
     parser.add_argument(
         "--peak-tflops", type=float, default=None, help="the card's dense bf16 peak (default: by name)"
     )
-    parser.add_argument("--ckpt", action="store_true")
+    parser.add_argument("--ckpt", action="store_true", help="(a probe's own flag)")
     parser.add_argument(
         "--device", default="cpu", help="cpu | cuda (GPU: peak = torch.cuda.max_memory_allocated)"
     )
     parser.add_argument(
         "--resolution", type=int, default=64, help="image side; sd15 at 512 gives 64x64 latents"
     )
+    parser.add_argument(
+        "--deadline-s",
+        type=float,
+        default=None,
+        help="memory: the table ends this many seconds after it started (a probe still running is stopped)",
+    )
+    parser.add_argument(
+        "--probe-timeout-s", type=float, default=None, help="memory: stop a probe running longer than this"
+    )
     args = parser.parse_args()
     args.T_values = [int(v) for v in str(args.T).split(",")]
     args.K_values = [int(v) for v in str(args.K).split(",")]
-    args.T, args.K = args.T_values[0], args.K_values[0]
+    args.batch_values = [int(v) for v in str(args.batch).split(",")]
+    args.variant_values = [v.strip() for v in args.variants.split(",") if v.strip()]
+    for variant in args.variant_values:
+        variant_training(variant)  # a bad one stops here, before any probe
+    args.ckpt_values = [v == "on" for v in args.ckpt_values.split(",")]
+    args.T, args.K, args.batch = args.T_values[0], args.K_values[0], args.batch_values[0]
+    args.variant = args.variant_values[0]
     if args.what == "_probe":
         probe(args)
         return

@@ -241,6 +241,25 @@ class TrainingConfig(_Strict):
     mixed_precision: Literal["auto", "no", "bf16"] = Field(
         "auto", description="auto = bf16 autocast on GPU, fp32 on CPU; bf16 = bf16 autocast on CPU too"
     )
+    weight_dtype: Literal["fp32", "bf16", "fp16"] = Field(
+        "fp32",
+        description="dtype the frozen weights (UNet, VAE, text encoder, reward VLM) are stored in; trainable "
+        "weights and the optimiser stay fp32 (full_sft: the UNet stays fp32); bf16/fp16 autocast to it on "
+        "every device, fp16 with dynamic loss scaling",
+    )
+    channels_last: bool = Field(False, description="UNet and VAE convolutions in NHWC memory format (GPU)")
+    compile: bool = Field(
+        False,
+        description="torch.compile the UNet (warm-up step at start; the sampler steps without gradient in "
+        "CUDA graphs on GPU); on a compiler failure: one warning, eager, metric compile_fallback = 1",
+    )
+    compile_backend: Literal["inductor", "aot_eager"] = Field(
+        "inductor", description="aot_eager traces without generating code (what CI uses on CPU)"
+    )
+    compile_cudagraphs: bool = Field(
+        True,
+        description="with compile on CUDA: mode='reduce-overhead' (CUDA graphs) for the no-gradient calls",
+    )
     checkpoint_every: int = Field(50, ge=1)
     report_every: int = Field(
         10,
@@ -278,6 +297,13 @@ class TrainingConfig(_Strict):
                 "reward_balance=ratio holds the reward gradient at reward_ratio x the denoising gradient: "
                 "it needs denoise_weight > 0"
             )
+        if self.weight_dtype != "fp32" and self.mixed_precision == "no":
+            raise ValueError(
+                f"weight_dtype={self.weight_dtype} needs autocast to {self.weight_dtype}: set mixed_precision "
+                "to auto (or use weight_dtype fp32)"
+            )
+        if self.weight_dtype == "fp16" and self.mixed_precision == "bf16":
+            raise ValueError("weight_dtype=fp16 autocasts to fp16: set mixed_precision to auto, not bf16")
         return self
 
 
@@ -399,6 +425,11 @@ class EvaluationConfig(_Strict):
         20, ge=1, description="epochs of the out-of-family and downstream classifiers"
     )
     sampler_steps: int | None = Field(None, ge=1, description="default: training.sampler_steps")
+    weight_dtype: Literal["fp32", "bf16", "fp16"] = Field(
+        "fp32",
+        description="dtype of the generation pipeline (weights, the run's LoRA, sampling); keep it the same for "
+        "every run compared (scoring and the classifier stay fp32)",
+    )
     guidance_scale: float | None = Field(None, ge=1.0, description="default: training.guidance_scale")
     eta: float | None = Field(None, ge=0, le=1, description="DDIM eta; default: training.eta")
     copy_threshold: float | Literal["auto"] = Field(

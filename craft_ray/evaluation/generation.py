@@ -21,7 +21,7 @@ from craft_ray.config import ExperimentConfig
 from craft_ray.evaluation.source import ModelSource
 from craft_ray.knowledge.labels import get_dataset
 from craft_ray.knowledge.prompts import build_prompt, enricher_for
-from craft_ray.models.diffusion import build_diffusion
+from craft_ray.models.diffusion import WEIGHT_DTYPES, build_diffusion
 from craft_ray.models.lora import load_lora_into
 
 
@@ -30,6 +30,7 @@ class SamplerSettings:
     steps: int
     guidance_scale: float
     eta: float
+    dtype: str = "fp32"  # evaluation.weight_dtype: the pipeline's weights and sampling arithmetic
 
     @classmethod
     def from_config(
@@ -46,7 +47,13 @@ class SamplerSettings:
             int(pick(steps, ev.sampler_steps, t.sampler_steps)),
             float(pick(guidance_scale, ev.guidance_scale, t.guidance_scale)),
             float(pick(eta, ev.eta, t.eta)),
+            ev.weight_dtype,
         )
+
+    def identity(self) -> dict:
+        """What identifies the images these settings make (fp32, the default, is left out, so
+        evaluations stored before the dtype existed still match)."""
+        return {k: v for k, v in self.__dict__.items() if not (k == "dtype" and v == "fp32")}
 
 
 def to_uint8(images: np.ndarray, channels: int) -> list[np.ndarray]:
@@ -67,17 +74,19 @@ class ImageGenerator:
 
             components.unet = UNet2DConditionModel.from_pretrained(source.weights)
         pipe = components.pipeline()
-        if source.adapter == "lora":
-            from diffusers.utils import logging as diffusers_logging
-
-            level = diffusers_logging.get_verbosity()
-            diffusers_logging.set_verbosity_error()  # "no LoRA keys for the text encoder": expected, UNet-only
-            try:
-                load_lora_into(pipe, source.weights)
-            finally:
-                diffusers_logging.set_verbosity(level)
         self.device = torch.device(device)
-        self.pipe = pipe.to(self.device)
+        from diffusers.utils import logging as diffusers_logging
+
+        level = diffusers_logging.get_verbosity()
+        # expected, not news: "no LoRA keys for the text encoder" (UNet-only LoRA), and casting
+        # warnings for evaluation.weight_dtype (fp16 on CPU is slow but runs)
+        diffusers_logging.set_verbosity_error()
+        try:
+            if source.adapter == "lora":
+                load_lora_into(pipe, source.weights)
+            self.pipe = pipe.to(self.device, WEIGHT_DTYPES[sampler.dtype])
+        finally:
+            diffusers_logging.set_verbosity(level)
         self.pipe.set_progress_bar_config(disable=True)
         self.source, self.sampler = source, sampler
         self.spec = get_dataset(cfg.dataset.name)

@@ -158,6 +158,7 @@ def sampler_for(source: ModelSource, ev: EvaluationConfig) -> SamplerSettings:
         ev.sampler_steps or t.sampler_steps,
         ev.guidance_scale if ev.guidance_scale is not None else t.guidance_scale,
         ev.eta if ev.eta is not None else t.eta,
+        ev.weight_dtype,
     )
 
 
@@ -195,7 +196,7 @@ def plan_jobs(
             "model": source.name,
             "base": digests.model(source.cfg.model.base, "diffusion", source.cfg.model.revision),
             "weights": source.weights_digest(),
-            "sampler": sampler_for(source, cfg.evaluation).__dict__,
+            "sampler": sampler_for(source, cfg.evaluation).identity(),
         }
         store = EvalStore(directory)
         jobs.append(Job(source, store, identity, store.state(identity, request.overwrite)))

@@ -20,6 +20,9 @@ from craft_ray.errors import ModelError
 from craft_ray.models.phantom import is_phantom, phantom_diffusion_dir
 from craft_ray.models.tokenizer import text_config_ids, tiny_clip_tokenizer
 
+# The weight dtypes of `training.weight_dtype` and `evaluation.weight_dtype`.
+WEIGHT_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
 # Sizes of the in-code presets. "tiny": tests and the offline default (a few hundred k
 # parameters). "small": a ~20M-parameter UNet for CPU benchmarks of the training loop. "sd15":
 # Stable Diffusion 1.5's architecture (860M UNet, its VAE, a CLIP-L-sized text encoder) with random

@@ -108,8 +108,10 @@ class VLMScorer(torch.nn.Module):
         return self.logit_scale_value.exp().clamp(max=100.0)
 
     def embed_images(self, images: torch.Tensor) -> torch.Tensor:
-        pixels = prepare_pixels(images.to(self.device, self.dtype), self.image_size, self.mean, self.std)
-        return F.normalize(self._encode_image(pixels), dim=-1)
+        # a bf16/fp16 tower resizes and normalises in fp32 (CPU has no bf16 antialiased bicubic)
+        work = self.dtype if self.dtype in (torch.float32, torch.float64) else torch.float32
+        pixels = prepare_pixels(images.to(self.device, work), self.image_size, self.mean, self.std)
+        return F.normalize(self._encode_image(pixels.to(self.dtype)), dim=-1)
 
     @torch.no_grad()
     def embed_texts(self, texts: Sequence[str]) -> torch.Tensor:

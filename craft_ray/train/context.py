@@ -26,6 +26,7 @@ from craft_ray.errors import DataError
 from craft_ray.knowledge.labels import DatasetSpec, get_dataset
 from craft_ray.knowledge.prompts import Enricher, build_prompt, enricher_for
 from craft_ray.models.diffusion import DiffusionComponents
+from craft_ray.train.precision import autocast
 from craft_ray.train.session import TrainSession
 
 PURPOSES = {
@@ -126,10 +127,7 @@ class TrainContext:
     def autocast(self) -> contextlib.AbstractContextManager:
         """The precision of every forward pass of a step: sampling (`plan`) and losses alike, so
         that log-probabilities recorded while sampling match those re-computed for the update."""
-        mode = self.cfg.training.mixed_precision
-        if mode == "bf16" or (mode == "auto" and self.device.type == "cuda"):
-            return torch.autocast(self.device.type, dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+        return autocast(self.cfg.training, self.device)  # training.weight_dtype / mixed_precision
 
     # -- randomness ------------------------------------------------------------------------
     def generator(self, step: int, micro: int, purpose: str) -> torch.Generator:

@@ -34,6 +34,7 @@ from craft_ray.train.checkpoint import read_method_state, restore_checkpoint, wa
 from craft_ray.train.context import TrainContext, build_evaluator_for, derive_seed
 from craft_ray.train.guards import FrozenFingerprint
 from craft_ray.train.methods import Method, get_method
+from craft_ray.train.precision import Precision
 from craft_ray.train.records import record_placement
 from craft_ray.train.session import TrainSession, scratch_dir
 
@@ -112,6 +113,7 @@ class TrainingRun:
         )
         self.ctx = TrainContext(cfg, session, components, unet, self.trainable, evaluator=evaluator)
         self.method.setup(self.ctx)
+        self.precision = Precision.setup(self.ctx, self.method, self.trainable)  # dtype, layout, compile
         self.frozen = FrozenFingerprint(components.unet)
         t = cfg.training
         self.optimizer = (
@@ -176,7 +178,7 @@ class TrainingRun:
             return self.note(_status_of(exc), f"step {completed}: {exc}"), float("nan"), {}
         if not torch.isfinite(loss.detach()):
             return NONFINITE, float("nan"), {}
-        (loss / n_micro).backward()  # local only: gradients are averaged once all ranks agree
+        self.precision.scale(loss / n_micro).backward()  # local only: averaged once all ranks agree
         return OK, float(loss.detach()), metrics
 
     def update(self, micro_batches: list[Any], step: int, first_index: int) -> UpdateResult:
@@ -191,11 +193,13 @@ class TrainingRun:
             losses.append(loss)
             for key, value in micro_metrics.items():
                 metrics[key].append(float(value))
+        self.precision.unscale_(self.trainable)  # fp16 loss scaling; a no-op otherwise
         if status == OK and not all(
             torch.isfinite(p.grad).all() for p in self.trainable if p.grad is not None
         ):
             status = NONFINITE
         status = self.agree(status)
+        self.precision.update_scale(overflow=status == NONFINITE)
         if status != OK:
             self.optimizer.zero_grad(set_to_none=True)
             return self.skip_update(status, metrics)
@@ -235,6 +239,7 @@ class TrainingRun:
             step_time_s=time.perf_counter() - started,
             timestamp=time.time(),
             **self.counters,
+            **self.precision.metrics(),
         )
         return metrics
 
