@@ -30,11 +30,15 @@ def _norm(grads: list[torch.Tensor]) -> torch.Tensor:
     return torch.sqrt(sum((g.float() ** 2).sum() for g in grads))
 
 
-def _grads(loss: torch.Tensor | None, params: list[torch.nn.Parameter]) -> list[torch.Tensor]:
+def _grads(
+    loss: torch.Tensor | None, params: list[torch.nn.Parameter], scale: float = 1.0
+) -> list[torch.Tensor]:
+    """d loss / d params. `scale`: fp16 loss scaling (the loss is multiplied before the backward so
+    that fp16 activations' gradients do not underflow, and the result divided after)."""
     if loss is None or not loss.requires_grad:
         return [torch.zeros_like(p) for p in params]
-    grads = torch.autograd.grad(loss, params, allow_unused=True)
-    return [torch.zeros_like(p) if g is None else g for g, p in zip(grads, params, strict=True)]
+    grads = torch.autograd.grad(loss.float() * scale if scale != 1.0 else loss, params, allow_unused=True)
+    return [torch.zeros_like(p) if g is None else g / scale for g, p in zip(grads, params, strict=True)]
 
 
 def surrogate(
@@ -69,11 +73,13 @@ class Balance:
         reward: torch.Tensor,
         denoise: torch.Tensor | None,
         params: list[torch.nn.Parameter],
+        loss_scale: float = 1.0,
     ) -> tuple[torch.Tensor, dict[str, float]]:
-        """(surrogate loss, metrics) for a mean `reward` to maximise and a `denoise` loss (or None)."""
-        g_reward = _grads(-reward, params)
+        """(surrogate loss, metrics) for a mean `reward` to maximise and a `denoise` loss (or None);
+        `loss_scale`: the loop's fp16 loss scale, applied to each backward here."""
+        g_reward = _grads(-reward, params, loss_scale)
         weighted = self.denoise_weight * denoise if denoise is not None else None
-        g_denoise = _grads(weighted, params)
+        g_denoise = _grads(weighted, params, loss_scale)
         n_reward, n_denoise = float(_norm(g_reward)), float(_norm(g_denoise))
         if self.mode == "ratio":
             # the average of earlier steps (every rank the same); this micro-batch's own norm at the first

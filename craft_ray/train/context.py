@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
 
@@ -94,6 +95,8 @@ class TrainContext:
     rows: list[int] = field(init=False)  # rows whose label set is non-empty after the label subset
     enricher: Enricher = field(init=False)
     evaluator: CASEvaluator | None = None
+    # the loop's current fp16 loss scale (1 without fp16 weights), for methods taking gradients themselves
+    loss_scale: Callable[[], float] = field(default=lambda: 1.0)
 
     def __post_init__(self) -> None:
         cfg = self.cfg

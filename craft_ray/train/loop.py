@@ -114,6 +114,7 @@ class TrainingRun:
         self.ctx = TrainContext(cfg, session, components, unet, self.trainable, evaluator=evaluator)
         self.method.setup(self.ctx)
         self.precision = Precision.setup(self.ctx, self.method, self.trainable)  # dtype, layout, compile
+        self.ctx.loss_scale = self.precision.current_scale
         self.frozen = FrozenFingerprint(components.unet)
         t = cfg.training
         self.optimizer = (

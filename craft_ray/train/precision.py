@@ -205,6 +205,10 @@ class Precision:
                 p.grad = None
 
     # -- the loop's hooks ------------------------------------------------------------------
+    def current_scale(self) -> float:
+        """The fp16 loss scale now (1.0 without loss scaling)."""
+        return float(self.scaler.value) if self.scaler.enabled else 1.0
+
     def scale(self, loss: torch.Tensor) -> torch.Tensor:
         return self.scaler.scale(loss)
 

@@ -46,7 +46,7 @@ class Craft(Method):
         result = self.reward(images, labels * path.samples, ctx.generator(step, index, "augment"))
         reward = result.total.mean()
         denoise = ctx.denoising_loss(rows, step, index) if t_cfg.denoise_weight > 0 else None
-        loss, metrics = self.balance.combine(reward, denoise, ctx.trainable)
+        loss, metrics = self.balance.combine(reward, denoise, ctx.trainable, ctx.loss_scale())
         metrics.update(
             reward=float(reward.detach()),
             backprop_steps=float(len(path.grad_steps)),  # sampler steps whose UNet call had a gradient
