@@ -184,9 +184,9 @@ def _chest_defect_shows(kind, img, twin):
     if kind == "duplicated":  # a lung-dark field below the diaphragm
         darker = diff < -40
         return darker.sum() > 0.01 * size**2 and yy[darker].mean() > 0.75
-    if kind == "missing":  # a clavicle gone: density lost in the upper chest, one side only
+    if kind == "missing":  # the clavicles gone: density lost in the upper chest, on both sides
         lost = (diff < -8) & (yy < 0.25)
-        return lost.sum() > 10 and abs(xx[lost].mean() - 0.5) > 0.1
+        return (lost & (xx < 0.45)).sum() > 8 and (lost & (xx > 0.55)).sum() > 8
     if kind == "half":  # ribs gone on one side
         lost = diff < -8
         left, right = (lost & (xx < 0.45)).sum(), (lost & (xx > 0.55)).sum()

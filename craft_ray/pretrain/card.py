@@ -98,8 +98,8 @@ def _item_table(items: dict) -> list[str]:
         "",
         f"On {items['n']} held-out phantoms (seed {items['seed']}, {items['implausible']:.0%} implausible): "
         f"min AUROC over the {items['items_drawn']} drawn items {items['item_auroc_min']:.3f} "
-        f"(mean {items['item_auroc_mean']:.3f}); anatomy + realism items separate implausible from "
-        f"plausible images with AUROC {items['plausibility_auroc']:.3f} ({defects}).",
+        f"(mean {items['item_auroc_mean']:.3f}); the least-met anatomy or realism item separates "
+        f"implausible from plausible images with AUROC {items['plausibility_auroc']:.3f} ({defects}).",
         "",
         "| item | AUROC |",
         "|---|---|",

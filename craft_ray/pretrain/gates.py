@@ -15,8 +15,9 @@ Item gate (`item_gate`), on phantoms of the same held-out seed with a share of i
   what the checklist dimension scores) against the phantoms' item ground truth, on the plausible
   images; per anatomy/realism item the same over all images (an item violated only by defects);
   an item is "drawn" when each answer occurs at least MIN_ITEM_CLASS times;
-- plausibility: the mean P(met) over the anatomy and realism items (what those two checklists
-  average) separates implausible from plausible images (AUROC, overall and per defect kind).
+- plausibility: an image's least-met anatomy or realism item (min P(met): one violated item makes an
+  image implausible, which a mean over ten items would dilute) separates implausible from plausible
+  images (AUROC, overall and per defect kind).
 """
 
 from __future__ import annotations
@@ -93,7 +94,7 @@ def item_gate(
         t = truth[rows, j]
         drawn = min(float(t.sum()), float((1 - t).sum())) >= MIN_ITEM_CLASS
         per_item[item.id] = auroc(probs[rows, j].numpy(), t.numpy()) if drawn else None
-    scores = probs[:, len(label_items) :].mean(dim=1).numpy()
+    scores = probs[:, len(label_items) :].min(dim=1).values.numpy()
     defects, is_plausible = np.array([d or "" for d in data.defects]), plausible.numpy()
     per_defect = {}
     for kind in sorted(set(defects) - {""}):

@@ -103,7 +103,7 @@ def _ribs(size: int, cx: float, phase: float, lateral: float, bottom: float) -> 
 # Hallucination-like defects and the anatomy/realism items each violates.
 DEFECTS: dict[str, tuple[str, ...]] = {
     "duplicated": ("chest:anatomy:0",),  # a third lung field, below the diaphragm
-    "missing": ("chest:anatomy:4",),  # one clavicle missing
+    "missing": ("chest:anatomy:4",),  # the clavicles missing
     "laterality": ("chest:anatomy:2",),  # the heart projecting to the patient's right
     "colour": ("chest:realism:0",),  # a colour cast on a radiograph
     "half": ("chest:anatomy:3",),  # the ribs drawn on one side only
@@ -285,9 +285,8 @@ def image(
         np.array([[cx0 - 0.04, 0.19], [cx0 - 0.17, 0.15], [cx0 - 0.3, 0.13]]),
         np.array([[cx0 + 0.04, 0.19], [cx0 + 0.17, 0.15], [cx0 + 0.3, 0.13]]),
     ]
-    if kind == "missing":
-        clavicles = [clavicles[int(defect.rng.integers(2))]]
-    img = img + strokes(size, clavicles, width=0.024, weight=0.13)
+    if kind != "missing":
+        img = img + strokes(size, clavicles, width=0.024, weight=0.13)
 
     devices: list[str] = []
     if present["Support Devices"]:
@@ -307,7 +306,7 @@ def image(
         attributes["devices"] = devices
 
     if kind == "texture":  # another modality's texture: dark nuclei in a hard-edged square
-        img = img - 0.25 * nuclei_texture(defect.rng, size, 220) * patch_mask(defect.rng, size)
+        img = img - 0.35 * nuclei_texture(defect.rng, size, 220) * patch_mask(defect.rng, size)
     img = img + 0.01 * rng.standard_normal((size, size), dtype=np.float32)  # quantum mottle
     img = blur(img, 0.003, size)
     img = np.clip(img, 0, 1) ** pat["gamma"]
