@@ -187,10 +187,13 @@ def _chest_defect_shows(kind, img, twin):
     if kind == "missing":  # the clavicles gone: density lost in the upper chest, on both sides
         lost = (diff < -8) & (yy < 0.25)
         return (lost & (xx < 0.45)).sum() > 8 and (lost & (xx > 0.55)).sum() > 8
-    if kind == "half":  # ribs gone on one side
-        lost = diff < -8
-        left, right = (lost & (xx < 0.45)).sum(), (lost & (xx > 0.55)).sum()
-        return max(left, right) > 5 * max(min(left, right), 1)
+    if kind == "half":  # ribs gone on one side, heavier on the other
+        lost, gained = diff < -8, diff > 8
+        lost_left, lost_right = (lost & (xx < 0.45)).sum(), (lost & (xx > 0.55)).sum()
+        gained_left, gained_right = (gained & (xx < 0.45)).sum(), (gained & (xx > 0.55)).sum()
+        left_gone = lost_left > 5 * max(lost_right, 1) and gained_right > 5 * max(gained_left, 1)
+        right_gone = lost_right > 5 * max(lost_left, 1) and gained_left > 5 * max(gained_right, 1)
+        return left_gone or right_gone
     if kind == "texture":  # dark spots confined to a square
         spots = diff < -20
         rows, cols = np.flatnonzero(spots.any(1)), np.flatnonzero(spots.any(0))

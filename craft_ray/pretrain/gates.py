@@ -99,7 +99,7 @@ def item_gate(
     per_defect = {}
     for kind in sorted(set(defects) - {""}):
         rows = is_plausible | (defects == kind)
-        per_defect[kind] = auroc(scores[rows], is_plausible[rows])
+        per_defect[str(kind)] = auroc(scores[rows], is_plausible[rows])
     drawn = [v for v in per_item.values() if v is not None]
     return {
         "n": n,

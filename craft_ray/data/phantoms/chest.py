@@ -106,7 +106,7 @@ DEFECTS: dict[str, tuple[str, ...]] = {
     "missing": ("chest:anatomy:4",),  # the clavicles missing
     "laterality": ("chest:anatomy:2",),  # the heart projecting to the patient's right
     "colour": ("chest:realism:0",),  # a colour cast on a radiograph
-    "half": ("chest:anatomy:3",),  # the ribs drawn on one side only
+    "half": ("chest:anatomy:3",),  # the ribs drawn on one side only (and heavier there)
     "texture": ("chest:realism:3",),  # a patch of histology-like nuclei on the chest
 }
 LEFT_BORDER_GAP = 0.07  # heart's left border within this of the left chest wall: it "extends toward" it
@@ -278,8 +278,8 @@ def image(
     img = img + spine * (0.04 + 0.04 * vertebrae)
     lateral = pat["lung_dx"] + rx + 0.03
     ribs = _ribs(size, cx0, pat["rib_phase"] + cy0, lateral, cy + 0.8 * ry) * torso
-    if kind == "half":  # ribs on one side only
-        ribs = ribs * sigmoid((xx - cx0) * (1 if defect.rng.random() < 0.5 else -1) * size * 2.0)
+    if kind == "half":  # the ribs of one side only, drawn heavier: the cage is lopsided
+        ribs = 2.0 * ribs * sigmoid((xx - cx0) * (1 if defect.rng.random() < 0.5 else -1) * size * 2.0)
     img = img + 0.075 * ribs
     clavicles = [
         np.array([[cx0 - 0.04, 0.19], [cx0 - 0.17, 0.15], [cx0 - 0.3, 0.13]]),
