@@ -35,13 +35,18 @@ def items_for(evaluator: CASEvaluator, labels: Sequence[str]) -> list[ChecklistI
     return [*per_label, *evaluator.dimensions["anatomy"].checklist, *evaluator.realism.checklist]
 
 
+STATIC_SOURCE = "checklists.yaml"  # item ground truth (phantoms) refers to the static base's items
+
+
 def known_items(evaluator: CASEvaluator) -> dict[str, ChecklistItem]:
-    """Every item the evaluator's knowledge has for its dataset and modality, by id."""
+    """Every item of the static knowledge base the evaluator asks for its dataset and modality, by
+    id (an overlay that replaced a label's items reuses the ids for other questions: no ground
+    truth applies to those)."""
     knowledge = evaluator.dimensions["checklist"].knowledge
     items = {i.id: i for label in evaluator.spec.labels for i in _label_items(knowledge, evaluator, label)}
     for item in (*evaluator.dimensions["anatomy"].checklist, *evaluator.realism.checklist):
         items[item.id] = item
-    return items
+    return {k: v for k, v in items.items() if v.source == STATIC_SOURCE}
 
 
 def _label_items(knowledge, evaluator: CASEvaluator, label: str) -> list[ChecklistItem]:
