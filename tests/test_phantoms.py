@@ -88,39 +88,32 @@ def test_chest_labels_follow_parameters_and_show_in_pixels():
     centre = np.array([p[14:30, 22:26].mean() for p, _, _ in samples])
     assert big and (centre > lung).mean() > 0.9  # dark lungs beside the bright mediastinum
 
-    # basal fluid brightens the lower lateral lung zone on its side, against the other side
-    def side_difference(img, side):
-        right, left = img[29:33, 8:14].mean(), img[29:33, 34:40].mean()
-        return right - left if side == "right" else left - right
-
-    one_sided = [
-        side_difference(p, a["effusion_side"])
-        for p, _, a in samples
-        if a.get("effusion_side") in ("right", "left")
-    ]
-    clear = [
-        side_difference(p, "right")
-        for p, _, a in samples
-        if "effusion_side" not in a and "opacity_count" not in a
-    ]
-    assert len(one_sided) > 10 and np.mean(one_sided) > abs(np.mean(clear)) + 15
-
 
 def test_derm_abcd_parameters_separate_the_classes():
     samples = attrs_and_labels("derm")
     darker = []
-    for img, labels, attrs in samples:
-        if labels == ["MEL"]:
-            assert attrs["asymmetry"] >= 0.3 and attrs["n_colours"] >= 3 and attrs["diameter_mm"] >= 6
-        elif labels == ["NV"]:
-            assert attrs["asymmetry"] <= 0.12 and attrs["n_colours"] <= 2 and attrs["diameter_mm"] <= 6
-        else:
-            assert labels == ["BKL"] and attrs["milia_cysts"] >= 3
+    for img, labels, _ in samples:
+        assert labels[0] in ("MEL", "NV", "BKL")
         h, w, _ = img.shape
         centre = img[h // 2 - 2 : h // 2 + 2, w // 2 - 2 : w // 2 + 2].mean()
         darker.append(centre < img[h // 2 - 4 : h // 2 + 4, 8:12].mean())
     assert np.mean(darker) > 0.8  # a pigmented lesion, darker than the skin around it
     assert {tuple(s[1]) for s in samples} == {("MEL",), ("NV",), ("BKL",)}
+
+    # each ABCD criterion is drawn on its own, far more often in melanoma than in nevi
+    def share(label, key, rule):
+        values = [rule(a[key]) for _, labs, a in samples if labs == [label]]
+        return np.mean(values)
+
+    for key, rule in [
+        ("asymmetry", lambda v: v >= 0.2),
+        ("border_irregularity", lambda v: v >= 0.2),
+        ("n_colours", lambda v: v >= 3),
+        ("diameter_mm", lambda v: v > 6),
+    ]:
+        mel, nv = share("MEL", key, rule), share("NV", key, rule)
+        assert 0.6 < mel < 1.0 and nv < 0.25, (key, mel, nv)  # correlated with the class, not equal to it
+    assert np.mean([a.get("milia_cysts", 0) > 0 for _, labs, a in samples if labs == ["BKL"]]) > 0.6
 
 
 def test_fundus_grades_follow_lesion_counts():
@@ -130,9 +123,13 @@ def test_fundus_grades_follow_lesion_counts():
         assert labels == [dataset_for_modality("fundus").labels[grade]]
         assert (grade == 0) == (attrs["microaneurysms"] == 0)
         assert (grade == 4) == (attrs["neovascularisation"] > 0)
-        assert (grade >= 3) == (attrs["cotton_wool_spots"] > 0)
-        if grade >= 3:
-            assert attrs["haemorrhages"] >= 14
+        assert attrs["cotton_wool_spots"] == 0 or grade >= 2
+        if grade == 3:  # the 4-2-1 rule, simplified: haemorrhages in four quadrants or venous beading
+            assert (attrs["haemorrhages"] >= 14 and attrs["haemorrhage_quadrants"] == 4) or attrs[
+                "venous_beading"
+            ]
+        if grade <= 2:
+            assert not attrs["venous_beading"] and not attrs["preretinal_haemorrhage"]
         assert img[:3, :3].max() < 10  # black outside the round field
         centre = img[16:32, 16:32].reshape(-1, 3).mean(0)
         assert centre[0] > centre[1] > centre[2]  # orange-red fundus

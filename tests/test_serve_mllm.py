@@ -144,6 +144,25 @@ def test_calibrate_through_the_endpoint_matches_the_local_mllm(mllm_url, phantom
     assert b["evaluator"]["mllm"] == mllm_url + "/v1"
 
 
+def test_cas_audit_through_the_endpoint_matches_the_local_mllm(mllm_url, phantom_root, tmp_path):
+    """`craft cas audit --mllm URL` (serve/mllm-cpu.yaml) asks each checklist question over HTTP
+    and gets the local tiny model's P(yes), item by item, on phantom data with ground truth."""
+    runner = CliRunner()
+    common = ["cas", "audit", "--data", str(phantom_root / "chest"), "--split", "val", "--limit", "2"]
+    local = runner.invoke(cli_app, [*common, "--mllm", "tiny", "--out", str(tmp_path / "local.json")])
+    remote = runner.invoke(
+        cli_app, [*common, "--mllm", mllm_url + "/v1", "--out", str(tmp_path / "remote.json")]
+    )
+    assert local.exit_code == 0, local.output
+    assert remote.exit_code == 0, remote.output
+    a, b = (json.loads((tmp_path / f).read_text()) for f in ("local.json", "remote.json"))
+    assert b["path"] == "mllm" and b["model"] == mllm_url + "/v1" and b["ground_truth"]
+    for mine, theirs in zip(a["images"], b["images"], strict=True):
+        assert mine["p"].keys() == theirs["p"].keys()
+        for item, p in mine["p"].items():
+            assert theirs["p"][item] == pytest.approx(p, abs=1e-4), item
+
+
 def test_checklists_fall_back_when_the_model_emits_garbage(mllm_url, tmp_path):
     out = tmp_path / "garbage.yaml"
     labels = ["Cardiomegaly", "Pleural Effusion"]

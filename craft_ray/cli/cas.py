@@ -381,3 +381,207 @@ def _print_tail(report, images: str, q: float) -> None:
             highlight=False,
             soft_wrap=True,
         )
+
+
+@app.command("audit")
+def cas_audit(
+    out: Annotated[Path, typer.Option(help="JSON report to write: per item and per image")],
+    images: Annotated[
+        str | None,
+        typer.Option(help="a folder of PNG/JPEG files with labels.csv (file, labels), or a dataset"),
+    ] = None,
+    data: Annotated[
+        str | None,
+        typer.Option(help="a dataset directory or URI (phantom datasets carry item ground truth)"),
+    ] = None,
+    split: Annotated[list[str] | None, typer.Option(help="split(s) of a dataset (default: all)")] = None,
+    dataset: Annotated[
+        str | None, typer.Option(help="label space of a folder's labels.csv (default: inferred)")
+    ] = None,
+    vlm: Annotated[
+        str | None,
+        typer.Option(help="VLM answering by its phrase pairs (default: phantom, the modality's shipped VLM)"),
+    ] = None,
+    mllm: Annotated[
+        str | None, typer.Option(help="MLLM answering each item's question: tiny | path | http URL")
+    ] = None,
+    mllm_model: Annotated[str | None, typer.Option(help="model name at an MLLM URL")] = None,
+    checklists: Annotated[
+        list[Path] | None, typer.Option(help="extra checklist YAML layered on the static base")
+    ] = None,
+    batch_size: Annotated[int, typer.Option(min=1)] = 32,
+    limit: Annotated[int | None, typer.Option(min=1, help="audit at most this many images")] = None,
+    overwrite: Annotated[bool, typer.Option(help="replace --out if it exists")] = False,
+) -> None:
+    """Checklist audit: P(criterion met) per image and item (VLM pair score or MLLM P(yes)), pass
+    rates per item and, where the data has item ground truth, the item-level AUROC."""
+    import json
+
+    from craft_ray.outputs import atomic_file, check_output
+
+    if (images is None) == (data is None):
+        raise CraftError("give exactly one of --images (a folder with labels.csv, or a dataset) and --data")
+    check_output(out, overwrite)  # before any work: a wrong --out fails at once
+    source = images if images is not None else data
+    uri, dataset_name, splits = _audit_source(source, dataset, split, folder_ok=images is not None)
+
+    from craft_ray.cas import EvaluatorSpec, build_evaluator
+    from craft_ray.evaluation.audit import audit_in_batches, audit_path, audit_report
+    from craft_ray.knowledge.checklists import load_knowledge
+
+    spec = EvaluatorSpec(
+        dataset_name,
+        None,
+        vlm or ("tiny" if mllm else "phantom"),  # an MLLM answers the items; the VLM is then unused
+        mllm,
+        mllm_model,
+        checklists=[str(c) for c in checklists or []],
+    )
+    evaluator = build_evaluator(spec)
+    batches, total = _audit_batches(uri, splits, batch_size, limit)
+    with progress_bar("checklist audit") as update:
+        audited = audit_in_batches(evaluator, batches, update, total)
+    questions = {i.id: i.question for i in load_knowledge(spec.checklists).all_items()}
+    path = audit_path(evaluator)
+    report = {
+        "dataset": dataset_name,
+        "source": source,
+        "splits": splits,
+        "vlm": spec.vlm if path == "vlm-surrogate" else None,
+        "mllm": spec.mllm,
+        **audit_report(audited, questions, path, spec.mllm or spec.vlm),
+    }
+    with atomic_file(out) as tmp:
+        tmp.write_text(json.dumps(_json_ready(report), indent=1, allow_nan=False) + "\n")
+    _print_audit(report)
+    console.print(f"wrote {out}", soft_wrap=True)
+
+
+def _audit_source(
+    source: str, dataset: str | None, splits: list[str] | None, folder_ok: bool
+) -> tuple[str, str, list[str]]:
+    """(dataset URI, dataset name, splits): a folder with labels.csv becomes a temporary dataset."""
+    from craft_ray.data import read_manifest
+    from craft_ray.data.folder import LABELS_CSV, resolve_images
+    from craft_ray.data.schema import MANIFEST_NAME
+
+    path = Path(source)
+    is_dataset = "://" in source or (path / MANIFEST_NAME).is_file()
+    if not is_dataset:
+        if not folder_ok or not (path.is_dir() and (path / LABELS_CSV).is_file()):
+            what = (
+                "a craft-ray dataset"
+                if not folder_ok
+                else f"a dataset or a folder of images with {LABELS_CSV}"
+            )
+            raise CraftError(f"{source}: not {what}")
+        if splits:
+            raise CraftError("--split applies to a dataset; a folder of images is one split")
+        dataset = dataset or _infer_dataset(path / LABELS_CSV)
+        source = resolve_images(source, dataset)
+    manifest = read_manifest(source)
+    if dataset is not None and dataset != manifest.dataset:
+        raise CraftError(f"--dataset {dataset}: {source} holds '{manifest.dataset}'")
+    chosen = splits or sorted(manifest.counts)
+    _check_split(source, chosen)
+    return source, manifest.dataset, chosen
+
+
+def _infer_dataset(labels_csv: Path) -> str:
+    """The one dataset whose label space holds every label of labels.csv."""
+    import csv
+    import re
+
+    from craft_ray.knowledge.labels import DATASETS
+
+    with labels_csv.open(newline="") as handle:
+        cells = [row.get("labels") or "" for row in csv.DictReader(handle)]
+    labels = {x.strip() for cell in cells for x in re.split(r"[|;,]", cell) if x.strip()}
+    overlap = {name: len(labels & set(spec.labels)) for name, spec in DATASETS.items()}
+    best = max(overlap.values(), default=0)
+    fits = [name for name, n in overlap.items() if n == best]
+    if best == 0 or len(fits) != 1:
+        found = ", ".join(sorted(labels)) or "none"
+        raise CraftError(
+            f"{labels_csv}: cannot tell the dataset from its labels ({found}); pass --dataset "
+            f"({', '.join(DATASETS)})"
+        )
+    return fits[0]  # the folder reader then names any label outside its label space
+
+
+def _audit_batches(uri: str, splits: list[str], batch_size: int, limit: int | None):
+    """(generator of (images, label sets, image ids, item ground truths), number of images). Images
+    are read in RGB, so a colour defect on a greyscale modality stays visible to the audit."""
+    import json
+
+    import numpy as np
+    import torch
+
+    from craft_ray.data import read_table
+    from craft_ray.data.images import decode_png
+
+    tables = [read_table(uri, s, columns=["image_id", "labels", "attributes", "image"]) for s in splits]
+    total = sum(t.num_rows for t in tables)
+    total = min(total, limit) if limit else total
+
+    def batches():
+        done = 0
+        for table in tables:
+            for start in range(0, table.num_rows, batch_size):
+                if done >= total:
+                    return
+                rows = table.slice(start, min(batch_size, total - done)).to_pylist()
+                arrays = [decode_png(r["image"], 3) for r in rows]
+                if len({a.shape for a in arrays}) != 1:
+                    raise CraftError(f"{uri}: images of one batch differ in size; audit needs one size")
+                pixels = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float() / 255.0
+                truths = [json.loads(r["attributes"] or "{}").get("items", {}) for r in rows]
+                yield pixels, [r["labels"] for r in rows], [r["image_id"] for r in rows], truths
+                done += len(rows)
+
+    return batches(), total
+
+
+def _json_ready(value):
+    """NaN -> None, so the report is strict JSON."""
+    if isinstance(value, dict):
+        return {k: _json_ready(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_json_ready(v) for v in value]
+    if isinstance(value, float) and value != value:
+        return None
+    return value
+
+
+def _print_audit(report: dict) -> None:
+    def fmt(value) -> str:
+        return "-" if value is None else f"{value:.3f}"
+
+    path = "MLLM P(yes)" if report["path"] == "mllm" else "VLM phrase pairs"
+    console.print(
+        f"checklist audit of {report['source']}, answered by {path} ({report['model']})", soft_wrap=True
+    )
+    table = Table(title="checklist audit")
+    for col in ("item", "applies to", "pass rate", "with truth", "met", "AUROC"):
+        table.add_column(col, justify="right" if col != "item" else "left")
+    for item, row in report["items"].items():
+        truth = row.get("ground_truth", {})
+        table.add_row(
+            escape(item),
+            str(row.get("n", 0)),
+            fmt(row.get("pass_rate")),
+            str(truth.get("n", "-")),
+            str(truth.get("met", "-")),
+            fmt(truth.get("auroc")),
+        )
+    table.caption = (
+        "pass rate: P(met) > 0.5 over the images the item applies to (its labels and modality); "
+        "AUROC: P(met) against the data's item ground truth, over every image that has it"
+    )
+    console.print(table)
+    if report["ground_truth"]:
+        console.print(
+            f"item AUROC against ground truth: min {fmt(report['item_auroc_min'])}, mean "
+            f"{fmt(report['item_auroc_mean'])} over {sum(1 for r in report['items'].values() if r.get('ground_truth', {}).get('auroc') is not None)} items",
+            soft_wrap=True,
+        )

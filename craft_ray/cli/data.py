@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from craft_ray.cli.common import print_manifest, print_rejects, progress_bar
+from craft_ray.cli.common import console, print_manifest, print_rejects, progress_bar
 from craft_ray.errors import CraftError
 
 app = typer.Typer(
@@ -72,18 +72,42 @@ def data_phantom(
     size: Annotated[int, typer.Option(min=16, max=2048, help="image side in pixels")] = 64,
     seed: Annotated[int, typer.Option(help="seed: same seed, byte-identical output")] = 0,
     splits: Annotated[str, typer.Option(help="split fractions")] = "train=0.8,val=0.1,test=0.1",
+    implausible: Annotated[
+        float,
+        typer.Option(
+            help="share of images with one hallucination-like defect each (duplicated or missing "
+            "structure, laterality error, colour, a half-drawn structure, another modality's texture)"
+        ),
+    ] = 0.0,
     overwrite: Annotated[bool, typer.Option(help="replace an existing dataset in --out")] = False,
 ) -> None:
-    """Generate a phantom dataset with known, stored findings."""
-    from craft_ray.data.phantoms import make_phantom_dataset
+    """Generate a phantom dataset with known, stored findings and per-checklist-item ground truth."""
+    from craft_ray.data.phantoms import check_share, make_phantom_dataset
     from craft_ray.data.splits import parse_fractions
 
+    check_share(implausible)
     fractions = parse_fractions(splits)
     with progress_bar(f"phantom {modality}") as update:
         manifest = make_phantom_dataset(
-            modality, n, out, size, seed, fractions, progress=update, overwrite=overwrite
+            modality,
+            n,
+            out,
+            size,
+            seed,
+            fractions,
+            progress=update,
+            overwrite=overwrite,
+            implausible=implausible,
         )
     print_manifest(manifest, out)
+    if implausible:
+        defects = manifest.options.get("defects", {})
+        kinds = ", ".join(f"{k} {v}" for k, v in defects.items()) or "none drawn"
+        console.print(
+            f"{sum(defects.values())} implausible image(s), one defect each ({kinds}); "
+            "attributes.implausible names the defect and the anatomy/realism items it violates",
+            soft_wrap=True,
+        )
 
 
 @app.command("summary")

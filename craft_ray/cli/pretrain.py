@@ -15,7 +15,12 @@ app = typer.Typer(help="Train the small phantom models the name 'phantom' resolv
 
 def _command_line(command: str, **options) -> str:
     """The full command with every option spelled out, so the card stays exact when defaults change."""
-    parts = [f"--{name.replace('_', '-')} {shlex.quote(str(value))}" for name, value in options.items()]
+    parts = [
+        (f"--{name}" if value else f"--no-{name}")
+        if isinstance(value, bool)
+        else f"--{name} {shlex.quote(str(value))}"
+        for name, value in ((k.replace("_", "-"), v) for k, v in options.items())
+    ]
     return f"craft pretrain {command} " + " ".join(parts)
 
 
@@ -53,42 +58,92 @@ def _verdict(metrics: dict) -> str:
 def pretrain_vlm(
     modality: Annotated[str, typer.Option(help="chest | derm | fundus | histo")],
     out: Annotated[Path, typer.Option(help="directory to write (weights, tokenizer, card)")],
+    arch: Annotated[
+        str,
+        typer.Option(help="reward (the reward VLM's architecture) | eval (an independent evaluation VLM)"),
+    ] = "reward",
     steps: Annotated[int, typer.Option(help="optimiser steps")] = 3000,
     n_train: Annotated[int, typer.Option(help="training phantoms of the modality")] = 20000,
     n_negatives: Annotated[
         int, typer.Option(help="images per negative kind: each other modality, distractors, corruptions")
     ] = 1000,
+    data_seed: Annotated[
+        int | None,
+        typer.Option(
+            help="phantom seed of the training data (default: reward 200, eval 400; never 0, 300, 999)"
+        ),
+    ] = None,
+    implausible: Annotated[
+        float, typer.Option(help="share of implausible training phantoms (anatomy/realism items false)")
+    ] = 0.2,
+    augment: Annotated[
+        bool, typer.Option(help="random shifts, rotations, blur and noise (never flips: laterality matters)")
+    ] = False,
+    adversarial_eps: Annotated[
+        float, typer.Option(help="adversarial training: L-inf radius in pixel units, e.g. 0.008 (0: off)")
+    ] = 0.0,
+    adversarial_steps: Annotated[int, typer.Option(help="1: FGSM; more: PGD steps")] = 1,
     batch_size: Annotated[int, typer.Option()] = 64,
     gate_n: Annotated[int, typer.Option(help="held-out phantoms (seed 999) for the gate")] = 400,
-    seed: Annotated[int, typer.Option(help="initialisation and batch-order seed")] = 0,
+    seed: Annotated[int, typer.Option(help="initialisation, batch-order and augmentation seed")] = 0,
     threads: Annotated[int, typer.Option(help="torch CPU threads")] = 1,
     overwrite: Annotated[bool, typer.Option(help="replace a non-empty --out")] = False,
 ) -> None:
-    """A small CLIP model trained on phantoms of one modality: the reward VLM `phantom:<modality>`."""
+    """A small CLIP model trained on phantoms of one modality, its labels, checklist items and
+    implausible images: the reward VLM `phantom:<modality>`, or with --arch eval an evaluator."""
+    from pydantic import ValidationError
+
+    from craft_ray.errors import ConfigError
     from craft_ray.knowledge.labels import dataset_for_modality
-    from craft_ray.pretrain.vlm import VLMPretrainConfig
+    from craft_ray.pretrain.augment import Augment
+    from craft_ray.pretrain.vlm import ARCH_PRESETS, DATA_SEEDS, VLMPretrainConfig
     from craft_ray.pretrain.vlm import pretrain_vlm as run
 
     dataset_for_modality(modality)  # a clear error for an unknown modality, before any work
-    metrics = _pretrain(
-        "vlm",
-        run,
-        VLMPretrainConfig,
-        out,
-        overwrite,
-        threads,
-        modality=modality,
+    if arch not in ARCH_PRESETS:
+        raise ConfigError(f"--arch must be one of {', '.join(ARCH_PRESETS)}, got {arch!r}")
+    data_seed = DATA_SEEDS[arch] if data_seed is None else data_seed
+    settings = dict(
         steps=steps,
         n_train=n_train,
         n_negatives=n_negatives,
+        data_seed=data_seed,
+        implausible=implausible,
+        adversarial_eps=adversarial_eps,
+        adversarial_steps=adversarial_steps,
         batch_size=batch_size,
         gate_n=gate_n,
         seed=seed,
     )
+    try:  # every option checked before the output directory is touched
+        VLMPretrainConfig.from_preset(arch, modality=modality, **settings)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        option = "--" + "-".join(str(p) for p in first["loc"]).replace("_", "-")
+        raise ConfigError(f"{option}: {first['msg'].removeprefix('Value error, ')}") from None
+
+    def make_config(arch: str, augment: bool, **rest) -> VLMPretrainConfig:
+        return VLMPretrainConfig.from_preset(arch, augment=Augment() if augment else None, **rest)
+
+    metrics = _pretrain(
+        "vlm",
+        run,
+        make_config,
+        out,
+        overwrite,
+        threads,
+        modality=modality,
+        arch=arch,
+        augment=augment,
+        **settings,
+    )
     verdict = _verdict(metrics)
+    items = metrics.get("item_gate", {})
     console.print(
-        f"phantom:{modality} -> {out}: macro AUROC {metrics['macro_auroc']:.3f}, "
-        f"fidelity true > wrong for {metrics['fidelity_win_rate']:.1%} of held-out images; gate {verdict}"
+        f"phantom:{modality} ({arch}) -> {out}: macro AUROC {metrics['macro_auroc']:.3f}, "
+        f"fidelity true > wrong for {metrics['fidelity_win_rate']:.1%} of held-out images; "
+        f"item AUROC min {items.get('item_auroc_min', float('nan')):.3f} over {items.get('items_drawn', 0)} "
+        f"drawn items, plausibility AUROC {items.get('plausibility_auroc', float('nan')):.3f}; gate {verdict}"
     )
 
 

@@ -13,6 +13,8 @@ SEED_PLAN = {
     "phantom diffusion base training": 100,
     "phantom VLM training (reward model)": 200,
     "phantom VLM negatives of other modalities": 201,
+    "phantom evaluation VLM training (craft pretrain vlm --arch eval)": 400,
+    "phantom evaluation VLM negatives of other modalities": 401,
     "out-of-family classifier (evaluator) training": 300,
     "held-out gates of every shipped model": GATE_SEED,
 }
@@ -45,8 +47,9 @@ def read_card(directory: Path) -> dict:
 
 def _markdown(card: dict) -> str:
     cfg, rec, gate = card["config"], card["training"], card["gate"]
+    role = "evaluation" if cfg.get("arch_name") == "eval" else "reward"
     title = {
-        "vlm": f"phantom:{cfg.get('modality')} (reward VLM)",
+        "vlm": f"phantom:{cfg.get('modality')} ({role} VLM)",
         "classifier": f"phantom:{cfg.get('modality')} (out-of-family classifier)",
     }.get(card["kind"], "phantom (diffusion base)")
     lines = [
@@ -75,10 +78,34 @@ def _markdown(card: dict) -> str:
         "```",
         "",
     ]
+    if "item_gate" in gate:
+        lines += _item_table(gate["item_gate"])
     if "wrong_label_set" in card:
         lines += ["## Wrong label sets", "", card["wrong_label_set"], ""]
     lines += ["## Seed plan", "", *(f"- {k}: {v}" for k, v in card["seed_plan"].items()), ""]
     return "\n".join(lines)
+
+
+def _item_table(items: dict) -> list[str]:
+    """Every checklist item's AUROC against the phantoms' ground truth, and the plausibility gate."""
+    rows = [
+        f"| `{item}` | {'not drawn' if value is None else f'{value:.3f}'} |"
+        for item, value in items["items"].items()
+    ]
+    defects = ", ".join(f"{k} {v:.3f}" for k, v in items["plausibility_auroc_per_defect"].items())
+    return [
+        "## Item gate",
+        "",
+        f"On {items['n']} held-out phantoms (seed {items['seed']}, {items['implausible']:.0%} implausible): "
+        f"min AUROC over the {items['items_drawn']} drawn items {items['item_auroc_min']:.3f} "
+        f"(mean {items['item_auroc_mean']:.3f}); the least-met anatomy or realism item separates "
+        f"implausible from plausible images with AUROC {items['plausibility_auroc']:.3f} ({defects}).",
+        "",
+        "| item | AUROC |",
+        "|---|---|",
+        *rows,
+        "",
+    ]
 
 
 def update_gate(directory: Path, gate: dict) -> None:

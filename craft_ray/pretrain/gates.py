@@ -9,6 +9,15 @@ A wrong label set is the hardest plausible mistake: for single-label datasets an
 the phantom label space (drawn uniformly); for CheXpert (multi-label) the true set with one
 phantom label flipped (drawn uniformly among the findings and devices), 'No Finding' then set
 consistently (present exactly when no pathology is).
+
+Item gate (`item_gate`), on phantoms of the same held-out seed with a share of implausible ones:
+- per checklist item of the phantom labels, the AUROC of P(met) (the item's present/absent pair,
+  what the checklist dimension scores) against the phantoms' item ground truth, on the plausible
+  images; per anatomy/realism item the same over all images (an item violated only by defects);
+  an item is "drawn" when each answer occurs at least MIN_ITEM_CLASS times;
+- plausibility: an image's least-met anatomy or realism item (min P(met): one violated item makes an
+  image implausible, which a mean over ten items would dilute) separates implausible from plausible
+  images (AUROC, overall and per defect kind).
 """
 
 from __future__ import annotations
@@ -16,7 +25,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from craft_ray.cas.dimensions import Batch, PathologyFidelity
+from craft_ray.cas.dimensions import Batch, PathologyFidelity, pair_probabilities
+from craft_ray.knowledge.checklists import load_knowledge
 from craft_ray.knowledge.labels import DatasetSpec, dataset_for_modality
 from craft_ray.knowledge.prompts import finding_pair
 from craft_ray.models.vlm import VLMScorer
@@ -24,6 +34,10 @@ from craft_ray.pretrain.phantom_tensors import make_phantom_set
 
 GATE_SEED = 999  # held-out phantoms: never used by any training (see the model cards' seed plan)
 NOT_PATHOLOGY = ("No Finding", "Support Devices")
+GATE_IMPLAUSIBLE = 0.25  # share of implausible phantoms in the item gate's images
+MIN_ITEM_CLASS = 5  # an item counts as drawn when both answers occur at least this often
+MIN_ITEM_AUROC = 0.85
+MIN_PLAUSIBILITY_AUROC = 0.9
 
 
 def auroc(scores: np.ndarray, targets: np.ndarray) -> float:
@@ -52,13 +66,65 @@ def wrong_label_set(spec: DatasetSpec, labels: list[str], rng: np.random.Generat
     return sorted(wrong, key=spec.labels.index)
 
 
+def _embed(scorer: VLMScorer, data) -> torch.Tensor:
+    return torch.cat([scorer.embed_images(data.floats(slice(i, i + 128))) for i in range(0, len(data), 128)])
+
+
 @torch.no_grad()
-def vlm_gate(scorer: VLMScorer, modality: str, n: int = 400, seed: int = GATE_SEED) -> dict:
-    """Gate metrics of a VLM on n fresh phantoms of `modality` (seed `seed`)."""
+def item_gate(
+    scorer: VLMScorer,
+    modality: str,
+    n: int = 400,
+    seed: int = GATE_SEED,
+    implausible: float = GATE_IMPLAUSIBLE,
+) -> dict:
+    """Item-level metrics of a VLM on n fresh phantoms of `modality`, a share `implausible` of them
+    with a defect (see the module docstring)."""
+    spec, kb = dataset_for_modality(modality), load_knowledge()
+    data = make_phantom_set(modality, n, seed, implausible=implausible)
+    label_items = [i for lab in spec.phantom_labels for i in kb.for_label(spec.name, lab)]
+    section = [*kb.anatomy(modality), *kb.realism(modality)]
+    items = label_items + section
+    probs = pair_probabilities(scorer, _embed(scorer, data), [(i.present, i.absent) for i in items])
+    truth, known = data.item_targets([i.id for i in items])
+    plausible = ~data.implausible
+    per_item: dict[str, float | None] = {}
+    for j, item in enumerate(items):
+        rows = known[:, j] & (plausible if j < len(label_items) else torch.ones_like(plausible))
+        t = truth[rows, j]
+        drawn = min(float(t.sum()), float((1 - t).sum())) >= MIN_ITEM_CLASS
+        per_item[item.id] = auroc(probs[rows, j].numpy(), t.numpy()) if drawn else None
+    scores = probs[:, len(label_items) :].min(dim=1).values.numpy()
+    defects, is_plausible = np.array([d or "" for d in data.defects]), plausible.numpy()
+    per_defect = {}
+    for kind in sorted(set(defects) - {""}):
+        rows = is_plausible | (defects == kind)
+        per_defect[str(kind)] = auroc(scores[rows], is_plausible[rows])
+    drawn = [v for v in per_item.values() if v is not None]
+    return {
+        "n": n,
+        "seed": seed,
+        "implausible": implausible,
+        "items": per_item,
+        "item_auroc_min": float(min(drawn)) if drawn else float("nan"),
+        "item_auroc_mean": float(np.mean(drawn)) if drawn else float("nan"),
+        "items_drawn": len(drawn),
+        "items_not_drawn": sorted(k for k, v in per_item.items() if v is None),
+        "plausibility_auroc": auroc(scores, is_plausible),
+        "plausibility_auroc_per_defect": per_defect,
+    }
+
+
+@torch.no_grad()
+def vlm_gate(
+    scorer: VLMScorer, modality: str, n: int = 400, seed: int = GATE_SEED, items: bool = True
+) -> dict:
+    """Gate metrics of a VLM on n fresh phantoms of `modality` (seed `seed`): the label gate on
+    plausible phantoms and, with `items`, the item gate under "item_gate"."""
     spec = dataset_for_modality(modality)
     data = make_phantom_set(modality, n, seed)
     labels = list(spec.phantom_labels)
-    emb = torch.cat([scorer.embed_images(data.floats(slice(i, i + 128))) for i in range(0, n, 128)])
+    emb = _embed(scorer, data)
     pairs = [finding_pair(spec, label) for label in labels]
     probs = torch.sigmoid(
         scorer.logits(emb, [p for p, _ in pairs]) - scorer.logits(emb, [a for _, a in pairs])
@@ -71,7 +137,7 @@ def vlm_gate(scorer: VLMScorer, modality: str, n: int = 400, seed: int = GATE_SE
     true_fid = fidelity(Batch(data.floats(), data.label_sets, emb, evaluate=True))
     wrong_fid = fidelity(Batch(data.floats(), wrong, emb, evaluate=True))
     valid = [v for v in per_label.values() if v == v]
-    return {
+    metrics = {
         "modality": modality,
         "n": n,
         "seed": seed,
@@ -81,10 +147,23 @@ def vlm_gate(scorer: VLMScorer, modality: str, n: int = 400, seed: int = GATE_SE
         "fidelity_true_mean": float(true_fid.mean()),
         "fidelity_wrong_mean": float(wrong_fid.mean()),
     }
+    if items:
+        metrics["item_gate"] = item_gate(scorer, modality, n, seed)
+    return metrics
 
 
 def vlm_gate_passes(metrics: dict, min_auroc: float = 0.90, min_win_rate: float = 0.90) -> bool:
-    return metrics["macro_auroc"] >= min_auroc and metrics["fidelity_win_rate"] >= min_win_rate
+    """Label gates, and where measured the item gates: every drawn item's AUROC >= MIN_ITEM_AUROC,
+    plausibility AUROC >= MIN_PLAUSIBILITY_AUROC."""
+    labels = metrics["macro_auroc"] >= min_auroc and metrics["fidelity_win_rate"] >= min_win_rate
+    if "item_gate" not in metrics:
+        return labels
+    items = metrics["item_gate"]
+    return (
+        labels
+        and items["item_auroc_min"] >= MIN_ITEM_AUROC
+        and items["plausibility_auroc"] >= MIN_PLAUSIBILITY_AUROC
+    )
 
 
 def modality_features(images: torch.Tensor) -> torch.Tensor:

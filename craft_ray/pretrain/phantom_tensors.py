@@ -1,26 +1,64 @@
 """Phantom images held in memory as tensors (64 px phantoms generate at ~400/s, so pretraining
-draws fresh data instead of reading parquet), plus the non-medical images that teach a VLM what
-its modality is not: distractor pictures and corrupted acquisitions.
+draws fresh data instead of reading parquet), with their per-item ground truth and, optionally, a
+share of implausible phantoms; plus the non-medical images that teach a VLM what its modality is
+not: distractor pictures and corrupted acquisitions (each with the anatomy/realism items it
+violates).
 
-Seeds: every image depends only on (seed, index) through the phantom generators, so the data of a
-pretraining run is named by (modality, n, seed, size) in its model card.
+Seeds: every image depends only on (seed, index, implausible share) through the phantom
+generators, so the data of a pretraining run is named by (modality, n, seed, size, implausible)
+in its model card.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from craft_ray.data.phantoms import GENERATORS, patient_of_image
+from craft_ray.data.phantoms import GENERATORS, check_share, patient_of_image
+from craft_ray.data.phantoms.defects import choose_defect
 from craft_ray.errors import ConfigError
 from craft_ray.knowledge.labels import dataset_for_modality
 
 # The distractor prompts of the realism dimension (craft_ray.cas.dimensions.DISTRACTORS), in order.
 DISTRACTOR_KINDS = ("natural", "cartoon", "text", "blank")
 CORRUPTIONS = ("colour", "text", "exposure", "tiles", "blur", "flip")
+# The anatomy/realism items each corruption violates, per modality. A mirrored skin, retina or
+# tissue patch is as plausible as the original (the other eye, another field), so only the chest
+# is flipped; tiles scramble a radiograph's or a retina's whole layout.
+CORRUPTION_ITEMS: dict[str, dict[str, tuple[str, ...]]] = {
+    "chest": {
+        "colour": ("chest:realism:0",),
+        "text": ("chest:realism:1",),
+        "exposure": ("chest:realism:2",),
+        "tiles": tuple(f"chest:anatomy:{i}" for i in range(6)) + ("chest:realism:3",),
+        "blur": ("chest:realism:2",),
+        "flip": ("chest:anatomy:2",),
+    },
+    "derm": {
+        "colour": ("derm:realism:3",),
+        "text": ("derm:realism:1",),
+        "exposure": ("derm:realism:0",),
+        "tiles": ("derm:anatomy:1", "derm:anatomy:2"),
+        "blur": ("derm:realism:2",),
+    },
+    "fundus": {
+        "colour": ("fundus:realism:0",),
+        "text": ("fundus:realism:2",),
+        "exposure": ("fundus:realism:1",),
+        "tiles": tuple(f"fundus:anatomy:{i}" for i in range(5)),
+        "blur": ("fundus:realism:3",),
+    },
+    "histo": {
+        "colour": ("histo:realism:0",),
+        "text": ("histo:realism:2",),
+        "exposure": ("histo:realism:0",),
+        "tiles": ("histo:anatomy:2",),
+        "blur": ("histo:realism:1",),
+    },
+}
 
 
 @dataclass
@@ -29,6 +67,8 @@ class PhantomSet:
     images: torch.Tensor  # (N, 3, H, W) uint8; greyscale modalities repeated over channels
     label_sets: list[list[str]]
     seed: int
+    items: list[dict[str, bool]] = field(default_factory=list)  # per image: item id -> met
+    defects: list[str | None] = field(default_factory=list)  # per image: its defect, or None
 
     def __len__(self) -> int:
         return len(self.label_sets)
@@ -41,24 +81,44 @@ class PhantomSet:
         """(N, len(labels)) 0/1 ground truth."""
         return torch.tensor([[float(lab in s) for lab in labels] for s in self.label_sets])
 
+    def item_targets(self, item_ids: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(N, len(item_ids)) 0/1 item ground truth and a (N, len(item_ids)) mask of where the
+        generator recorded one (items it does not draw have none)."""
+        truth = torch.tensor([[float(row.get(i, False)) for i in item_ids] for row in self.items])
+        known = torch.tensor([[i in row for i in item_ids] for row in self.items])
+        return truth.reshape(len(self), len(item_ids)), known.reshape(len(self), len(item_ids))
 
-def make_phantom_set(modality: str, n: int, seed: int, size: int = 64) -> PhantomSet:
-    """The first `n` images of the phantom dataset (modality, seed, size), as
-    `craft data phantom` writes them (same images, same labels)."""
+    @property
+    def implausible(self) -> torch.Tensor:
+        """(N,) bool: the images that carry a defect."""
+        return torch.tensor([d is not None for d in self.defects], dtype=torch.bool)
+
+
+def make_phantom_set(
+    modality: str, n: int, seed: int, size: int = 64, implausible: float = 0.0
+) -> PhantomSet:
+    """The first `n` images of the phantom dataset (modality, seed, size, implausible), as
+    `craft data phantom` writes them (same images, labels and item ground truth; a colour defect
+    on a greyscale modality keeps its colour here)."""
     if modality not in GENERATORS:
         raise ConfigError(f"unknown phantom modality '{modality}' (known: {', '.join(GENERATORS)})")
+    check_share(implausible)
     gen, spec = GENERATORS[modality], dataset_for_modality(modality)
+    kinds = tuple(gen.DEFECTS)
     patients = patient_of_image(n, seed)
     images = np.empty((n, 3, size, size), np.uint8)
-    label_sets, params, current = [], None, -1
+    label_sets, items, defects, params, current = [], [], [], None, -1
     for i in range(n):
         pid = int(patients[i])
         if pid != current:
             params, current = gen.patient(np.random.default_rng([seed, 1, pid])), pid
-        pixels, labels, _ = gen.image(np.random.default_rng([seed, 0, i]), size, params)
+        defect = choose_defect(kinds, seed, i, implausible)
+        pixels, labels, attributes = gen.image(np.random.default_rng([seed, 0, i]), size, params, defect)
         images[i] = pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
         label_sets.append(sorted(labels, key=spec.labels.index))
-    return PhantomSet(modality, torch.from_numpy(images), label_sets, seed)
+        items.append(attributes["items"])
+        defects.append(attributes.get("implausible", {}).get("defect"))
+    return PhantomSet(modality, torch.from_numpy(images), label_sets, seed, items, defects)
 
 
 def _text_image(rng: np.random.Generator, size: int, base: np.ndarray | None = None) -> np.ndarray:
@@ -114,16 +174,20 @@ def make_distractors(n: int, seed: int, size: int = 64) -> tuple[torch.Tensor, t
     return torch.from_numpy(images), torch.from_numpy(kinds)
 
 
-def corrupt(
-    images: torch.Tensor, seed: int, greyscale: bool, kinds: tuple[str, ...] = CORRUPTIONS
-) -> torch.Tensor:
+def corrupt(images: torch.Tensor, seed: int, modality: str) -> tuple[torch.Tensor, list[tuple[str, ...]]]:
     """Implausible acquisitions of the same phantoms (uint8 in, uint8 out): colour in a greyscale
     modality (or grey in a colour one), burnt-in text, bad exposure, tiled seams, defocus and, for
-    chest radiographs, mirrored anatomy. One corruption per image, cycling through `kinds`."""
+    chest radiographs, mirrored anatomy. One corruption per image, cycling through the modality's
+    kinds (`CORRUPTION_ITEMS`); returns the images and, per image, the items it violates."""
+    kinds = CORRUPTION_ITEMS[modality]
+    greyscale = dataset_for_modality(modality).channels == 1
+    names = list(kinds)
     out = images.float() / 255.0
     rng = np.random.default_rng([seed, 4])
+    violated = []
     for i in range(len(out)):
-        kind, img = kinds[i % len(kinds)], out[i]
+        kind, img = names[i % len(names)], out[i]
+        violated.append(kinds[kind])
         if kind == "colour":
             if greyscale:
                 tint = torch.tensor(rng.uniform(0.2, 1.0, 3), dtype=img.dtype).view(3, 1, 1)
@@ -145,4 +209,4 @@ def corrupt(
         elif kind == "flip":
             img = img.flip(-1)
         out[i] = img.clamp(0, 1)
-    return (out * 255).round().to(torch.uint8)
+    return (out * 255).round().to(torch.uint8), violated

@@ -3,8 +3,15 @@ tokenizer) trained on phantoms of one modality so the CAS phrase pairs mean some
 
 The loss is the CAS read-out itself: for every phrase pair the dimensions score with, P(present) =
 sigmoid(scale * (cos(image, present) - cos(image, absent))) is fitted to the ground truth (binary
-cross-entropy), plus softmax contrasts of the modality phrases against other modalities and
-distractor pictures, and CLIP's image-to-text InfoNCE over the label prompts of the batch.
+cross-entropy): the labels' finding pairs, each checklist item against the phantoms' item ground
+truth, each anatomy/realism item against what a defect or corruption violates; plus softmax
+contrasts of the modality phrases against other modalities and distractor pictures, and CLIP's
+image-to-text InfoNCE over the label prompts of the batch.
+
+Options, each recorded in the model card: an architecture preset (`reward`, today's; `eval`, an
+independent evaluator of another width, depth and patch size), the data seed (the seed plan keeps
+reward, evaluator, classifier and gates apart), a share of implausible training phantoms,
+augmentation (`augment.Augment`) and adversarial training (`augment.adversarial`).
 """
 
 from __future__ import annotations
@@ -13,22 +20,28 @@ import json
 import platform
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
 
 from craft_ray.knowledge.checklists import load_knowledge
 from craft_ray.knowledge.labels import MODALITIES, dataset_for_modality
 from craft_ray.models.tokenizer import text_config_ids, tiny_clip_tokenizer
 from craft_ray.models.vlm import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, _from_clip, prepare_pixels
+from craft_ray.pretrain.augment import Augment, adversarial
 from craft_ray.pretrain.gates import GATE_SEED, vlm_gate, vlm_gate_passes
 from craft_ray.pretrain.phantom_tensors import corrupt, make_distractors, make_phantom_set
 from craft_ray.pretrain.vlm_texts import VLMTexts
 
-VLM_DATA_SEED = 200  # training phantoms; other modalities' negatives use VLM_DATA_SEED + 1
+VLM_DATA_SEED = 200  # reward VLM's phantoms; other modalities' negatives use data seed + 1
+EVAL_VLM_DATA_SEED = 400  # the evaluation VLM's: disjoint from the reward's and the classifier's (300)
+# data seeds a VLM must not train on (nor on seed + 1): the demo's data, the classifier's, the gates'
+RESERVED_SEEDS = {0: "the demo's data", 300: "the out-of-family classifier's data", GATE_SEED: "the gates"}
+LOSS_WEIGHTS = {"pathology": 2.0, "checklist": 1.0, "section": 1.0, "modality": 0.5, "contrast": 0.5}
 
 
 class VLMArch(BaseModel):
@@ -44,20 +57,73 @@ class VLMArch(BaseModel):
     projection_dim: int = 64
 
 
+# `reward`: the shipped reward VLM's architecture. `eval`: an evaluator that shares no weights and
+# not the same shape with it: narrower and deeper towers, images resized to 96 px in 12 px patches
+# (about the reward's cost per step).
+ARCH_PRESETS = {
+    "reward": VLMArch(),
+    "eval": VLMArch(
+        image_size=96,
+        patch_size=12,
+        vision_hidden=80,
+        vision_layers=4,
+        vision_heads=4,
+        text_hidden=80,
+        text_layers=3,
+        text_heads=4,
+        projection_dim=80,
+    ),
+}
+DATA_SEEDS = {"reward": VLM_DATA_SEED, "eval": EVAL_VLM_DATA_SEED}
+
+
 class VLMPretrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     modality: str
-    n_train: int = Field(20000, ge=16, description="clean phantoms of the modality")
+    n_train: int = Field(20000, ge=16, description="phantoms of the modality (plausible and implausible)")
     n_negatives: int = Field(1000, ge=4, description="per other modality, distractors, corruptions")
     data_seed: int = VLM_DATA_SEED
+    implausible: float = Field(0.2, ge=0.0, le=1.0, description="share of implausible training phantoms")
     size: int = 64
-    seed: int = Field(0, description="initialisation and batch order")
+    seed: int = Field(0, description="initialisation, batch order, augmentation")
     steps: int = Field(3000, ge=1)
     batch_size: int = Field(64, ge=4)
     learning_rate: float = 1e-3
     warmup_steps: int = 200
     gate_n: int = Field(400, ge=16)
+    arch_name: str = Field("reward", description="the preset `arch` came from, or 'custom'")
     arch: VLMArch = Field(default_factory=VLMArch)
+    augment: Augment | None = None
+    adversarial_eps: float = Field(0.0, ge=0.0, le=0.1, description="L-inf radius, pixel units; 0: off")
+    adversarial_steps: int = Field(1, ge=1, le=20, description="1: FGSM; more: PGD")
+
+    @field_validator("data_seed")
+    @classmethod
+    def _seed_plan(cls, seed: int) -> int:
+        for reserved, role in RESERVED_SEEDS.items():
+            if reserved in (seed, seed + 1):
+                raise ValueError(
+                    f"data seed {seed} would train on {role} (seed {reserved}; negatives use data seed + 1): "
+                    f"choose another (reward VLM {VLM_DATA_SEED}, evaluation VLM {EVAL_VLM_DATA_SEED})"
+                )
+        return seed
+
+    @model_validator(mode="after")
+    def _arch_name(self) -> VLMPretrainConfig:
+        if self.arch_name in ARCH_PRESETS and self.arch != ARCH_PRESETS[self.arch_name]:
+            self.arch_name = "custom"
+        return self
+
+    @classmethod
+    def from_preset(cls, arch: str, **settings) -> VLMPretrainConfig:
+        """The config of an architecture preset; `data_seed` None takes the preset's seed."""
+        if arch not in ARCH_PRESETS:
+            from craft_ray.errors import ConfigError
+
+            raise ConfigError(f"--arch must be one of {', '.join(ARCH_PRESETS)}, got {arch!r}")
+        if settings.get("data_seed") is None:
+            settings["data_seed"] = DATA_SEEDS[arch]
+        return cls(arch_name=arch, arch=ARCH_PRESETS[arch].model_copy(), **settings)
 
 
 def build_clip(arch: VLMArch, seed: int) -> CLIPModel:
@@ -85,65 +151,122 @@ def build_clip(arch: VLMArch, seed: int) -> CLIPModel:
     return CLIPModel(config)
 
 
+@dataclass
+class Targets:
+    """What a batch is trained to say. Rows [0, clean_rows) are phantoms of the modality (plausible
+    or implausible), the rest negatives."""
+
+    clean_rows: int
+    truth: torch.Tensor  # (clean, L) labels over spec.labels
+    items: torch.Tensor  # (clean, I) checklist item ground truth (the label where none is drawn)
+    prompt_ids: torch.Tensor  # (clean,) label prompt of each phantom
+    section: torch.Tensor  # (B, M) anatomy/realism items met
+    classes: torch.Tensor  # (B,) index into the class prompts, -1 for none
+
+
 class _Data:
-    """Training images in memory: clean phantoms, and negatives (other modalities, distractors,
-    corrupted phantoms) with their modality-class targets (-1: no class, i.e. corrupted)."""
+    """Training images in memory: phantoms of the modality (a share implausible) with their
+    label and item ground truth, and negatives (other modalities, distractors, corrupted plausible
+    phantoms) with their anatomy/realism targets and modality classes (-1: no class)."""
 
     def __init__(self, cfg: VLMPretrainConfig, texts: VLMTexts, log: Callable[[str], None]):
         spec = dataset_for_modality(cfg.modality)
-        self.clean = make_phantom_set(cfg.modality, cfg.n_train, cfg.data_seed, cfg.size)
-        log(f"{len(self.clean)} {cfg.modality} phantoms (seed {cfg.data_seed})")
+        self.clean = make_phantom_set(cfg.modality, cfg.n_train, cfg.data_seed, cfg.size, cfg.implausible)
+        implausible = self.clean.implausible
+        log(
+            f"{len(self.clean)} {cfg.modality} phantoms (seed {cfg.data_seed}), "
+            f"{int(implausible.sum())} of them implausible"
+        )
         self.truth = self.clean.targets(list(spec.labels))
+        drawn, known = self.clean.item_targets(texts.item_ids)
+        self.items = torch.where(known, drawn, self.truth[:, texts.item_label])
+        self.item_coverage = known.float().mean(dim=0)  # share of phantoms with ground truth per item
+        self.clean_section, _ = self.clean.item_targets(texts.modality_item_ids)
+        self.own_class = texts.modality_class[cfg.modality]
+        realism = torch.tensor([i.split(":")[1] == "realism" for i in texts.modality_item_ids])
+        # an acquisition artefact makes the image no longer a plain picture of the modality
+        no_class = (self.clean_section[:, realism] < 0.5).any(dim=1)
+        self.clean_class = torch.where(no_class, -1, self.own_class)
         self.prompt_ids = texts.label_prompt_ids(self.clean.label_sets)
-        negatives, classes = [], []
+        negatives, classes, section = [], [], []
+        m = len(texts.modality_item_ids)
         for modality in MODALITIES:
             if modality != cfg.modality:
                 other = make_phantom_set(modality, cfg.n_negatives, cfg.data_seed + 1, cfg.size)
                 negatives.append(other.images)
                 classes += [texts.modality_class[modality]] * len(other)
+                section.append(torch.zeros(len(other), m))
         distractors, kinds = make_distractors(cfg.n_negatives, cfg.data_seed, cfg.size)
         negatives.append(distractors)
         classes += [texts.distractor_class(int(k)) for k in kinds]
-        negatives.append(corrupt(self.clean.images[: cfg.n_negatives], cfg.data_seed, spec.channels == 1))
-        classes += [-1] * cfg.n_negatives
+        section.append(torch.zeros(len(distractors), m))
+        plausible = torch.nonzero(~implausible).flatten()[: cfg.n_negatives]
+        corrupted, violated = corrupt(self.clean.images[plausible], cfg.data_seed, cfg.modality)
+        negatives.append(corrupted)
+        classes += [-1] * len(corrupted)
+        section.append(
+            torch.tensor([[float(i not in v) for i in texts.modality_item_ids] for v in violated]).reshape(
+                -1, m
+            )
+        )
         self.negatives, self.negative_class = torch.cat(negatives), torch.tensor(classes)
-        self.own_class = texts.modality_class[cfg.modality]
+        self.negative_section = torch.cat(section)
         log(f"{len(self.negatives)} negatives (other modalities, distractors, corrupted)")
 
-    def classes(self, clean_rows: int, negatives: torch.Tensor) -> torch.Tensor:
-        return torch.cat([torch.full((clean_rows,), self.own_class), self.negative_class[negatives]])
+    def targets(self, rows: torch.Tensor, negatives: torch.Tensor) -> Targets:
+        return Targets(
+            len(rows),
+            self.truth[rows],
+            self.items[rows],
+            self.prompt_ids[rows],
+            torch.cat([self.clean_section[rows], self.negative_section[negatives]]),
+            torch.cat([self.clean_class[rows], self.negative_class[negatives]]),
+        )
 
 
 def _pair_logits(sim: torch.Tensor, pairs: torch.Tensor) -> torch.Tensor:
     return sim[:, pairs[:, 0]] - sim[:, pairs[:, 1]]
 
 
+def text_features(model: CLIPModel, token_ids) -> torch.Tensor:
+    return F.normalize(model.get_text_features(**token_ids).pooler_output, dim=-1)
+
+
+def balanced_bce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Binary cross-entropy with the met and the violated entries weighing half each: a defect
+    violates one item of ten on a few phantoms of a batch, which a plain mean would drown."""
+    losses = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+    met = targets > 0.5
+    if met.all() or not met.any():
+        return losses.mean()
+    return 0.5 * (losses[met].mean() + losses[~met].mean())
+
+
 def vlm_loss(
-    model: CLIPModel, texts: VLMTexts, token_ids, images, clean_rows: int, truth, prompt_ids, classes
+    model: CLIPModel, texts: VLMTexts, txt: torch.Tensor, images: torch.Tensor, targets: Targets
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """images: (B, 3, H, W) in [0, 1], the first `clean_rows` clean phantoms with `truth` (their
-    label columns) and `prompt_ids`, the rest negatives; `classes`: (B,) index into the class
-    prompts, -1 for a corrupted phantom (no class)."""
+    """images: (B, 3, H, W) in [0, 1]; txt: the normalised text features of `texts.phrases`."""
     pixels = prepare_pixels(images, model.config.vision_config.image_size, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD)
     img = F.normalize(model.get_image_features(pixel_values=pixels).pooler_output, dim=-1)
-    txt = F.normalize(model.get_text_features(**token_ids).pooler_output, dim=-1)
     sim = model.logit_scale.exp().clamp(max=100.0) * img @ txt.T
-    clean = sim[:clean_rows]
-    pathology = F.binary_cross_entropy_with_logits(_pair_logits(clean, texts.finding_pairs), truth)
-    checklist = F.binary_cross_entropy_with_logits(
-        _pair_logits(clean, texts.item_pairs), truth[:, texts.item_label]
+    clean = sim[: targets.clean_rows]
+    parts = {
+        "pathology": F.binary_cross_entropy_with_logits(
+            _pair_logits(clean, texts.finding_pairs), targets.truth
+        ),
+        "checklist": F.binary_cross_entropy_with_logits(_pair_logits(clean, texts.item_pairs), targets.items),
+    }
+    section = _pair_logits(sim, texts.modality_item_pairs)
+    own = targets.clean_rows  # phantoms of the modality: balanced, so the few violated items count
+    parts["section"] = 0.5 * (
+        balanced_bce(section[:own], targets.section[:own])
+        + F.binary_cross_entropy_with_logits(section[own:], targets.section[own:])
     )
-    is_clean = torch.zeros(len(sim), texts.modality_item_pairs.shape[0])
-    is_clean[:clean_rows] = 1.0
-    section = F.binary_cross_entropy_with_logits(_pair_logits(sim, texts.modality_item_pairs), is_clean)
-    keep = classes >= 0
-    modality = F.cross_entropy(sim[keep][:, texts.class_prompts], classes[keep])
-    unique, target = torch.unique(prompt_ids, return_inverse=True)
-    contrast = F.cross_entropy(clean[:, unique], target)
-    loss = 2.0 * pathology + 0.5 * (checklist + section + modality + contrast)
-    parts = dict(
-        pathology=pathology, checklist=checklist, section=section, modality=modality, contrast=contrast
-    )
+    keep = targets.classes >= 0
+    parts["modality"] = F.cross_entropy(sim[keep][:, texts.class_prompts], targets.classes[keep])
+    unique, target = torch.unique(targets.prompt_ids, return_inverse=True)
+    parts["contrast"] = F.cross_entropy(clean[:, unique], target)
+    loss = sum(LOSS_WEIGHTS[k] * v for k, v in parts.items())
     return loss, {k: float(v.detach()) for k, v in parts.items()}
 
 
@@ -161,26 +284,35 @@ def train_vlm(cfg: VLMPretrainConfig, log: Callable[[str], None] = print) -> tup
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, _warmup_cosine(cfg.warmup_steps, cfg.steps))
     gen = torch.Generator().manual_seed(cfg.seed)
     n_neg = max(4, cfg.batch_size // 4)
-    history = []
+    history, step_times = [], []
     for step in range(cfg.steps):
+        tick = time.perf_counter()
         rows = torch.randint(len(data.clean), (cfg.batch_size - n_neg,), generator=gen)
         neg = torch.randint(len(data.negatives), (n_neg,), generator=gen)
         images = torch.cat([data.clean.floats(rows), data.negatives[neg].float() / 255.0])
-        loss, parts = vlm_loss(
-            model,
-            texts,
-            token_ids,
-            images,
-            len(rows),
-            data.truth[rows],
-            data.prompt_ids[rows],
-            data.classes(len(rows), neg),
-        )
+        if cfg.augment is not None:
+            images = cfg.augment(images, gen)
+        targets = data.targets(rows, neg)
+        txt = text_features(model, token_ids)
+        loss, parts = vlm_loss(model, texts, txt, images, targets)
+        if cfg.adversarial_eps > 0:
+            frozen = txt.detach()
+            attacked = adversarial(
+                images,
+                lambda x, t=targets, f=frozen: vlm_loss(model, texts, f, x, t)[0],
+                cfg.adversarial_eps,
+                cfg.adversarial_steps,
+                gen,
+            )
+            adv_loss, _ = vlm_loss(model, texts, txt, attacked, targets)
+            parts["adversarial"] = float(adv_loss.detach())
+            loss = 0.5 * (loss + adv_loss)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         schedule.step()
+        step_times.append(time.perf_counter() - tick)
         if step % 50 == 0 or step == cfg.steps - 1:
             history.append({"step": step, "loss": float(loss.detach()), **parts})
             log(
@@ -188,11 +320,21 @@ def train_vlm(cfg: VLMPretrainConfig, log: Callable[[str], None] = print) -> tup
                 + " ".join(f"{k} {v:.3f}" for k, v in parts.items())
             )
     model.eval()
+    defects: dict[str, int] = {}
+    for kind in data.clean.defects:
+        if kind:
+            defects[kind] = defects.get(kind, 0) + 1
     record = {
         "wall_time_s": round(time.time() - started, 1),
+        "median_step_s": round(sorted(step_times)[len(step_times) // 2], 4),
         "history": history[-5:],
         "torch_threads": torch.get_num_threads(),
         "machine": _machine(),
+        "implausible_images": dict(sorted(defects.items())),
+        "items_with_ground_truth": {
+            i: round(float(c), 3) for i, c in zip(texts.item_ids, data.item_coverage, strict=True)
+        },
+        "loss_weights": LOSS_WEIGHTS,
     }
     return model, record
 

@@ -3,9 +3,10 @@ and the target of each phrase pair per training image.
 
 - pathology: each label's finding pair (present/absent) of `knowledge.prompts.finding_pair`, over
   the dataset's whole label space (labels the phantoms never draw are always absent);
-- checklist: each phantom label's checklist items, met exactly when the image has that label;
-- anatomy and realism: the modality's items, met by clean phantoms of the modality and not by
-  corrupted acquisitions, other modalities or non-medical pictures;
+- checklist: each phantom label's checklist items, met where the phantom's item ground truth says
+  so (`attributes["items"]`); an item the generator does not draw falls back to its label;
+- anatomy and realism: the modality's items, met by phantoms of the modality unless their defect
+  (implausible phantoms) or corruption violates them, and by no other modality or non-medical picture;
 - modality: the modality phrases of all four modalities and the realism distractors, one class each;
 - label prompts: `label_prompt(spec, labels)`, the text the diffusion model is conditioned on.
 """
@@ -48,16 +49,15 @@ class VLMTexts:
     modality_item_pairs: torch.Tensor  # (M, 2) anatomy + realism items
     class_prompts: torch.Tensor  # (4 + len(DISTRACTORS),) modality phrases then distractors
     modality_class: dict[str, int]  # modality -> index into class_prompts
+    item_ids: list[str] = field(default_factory=list)  # (I,) ids of item_pairs
+    modality_item_ids: list[str] = field(default_factory=list)  # (M,) ids of modality_item_pairs
 
     @classmethod
     def build(cls, spec: DatasetSpec, knowledge: ClinicalKnowledge) -> VLMTexts:
         phrases = PhraseIndex()
         findings = phrases.pairs([finding_pair(spec, label) for label in spec.labels])
-        items = [
-            (i.present, i.absent, spec.labels.index(lab))
-            for lab in spec.phantom_labels
-            for i in knowledge.for_label(spec.name, lab)
-        ]
+        checklist = [(i, lab) for lab in spec.phantom_labels for i in knowledge.for_label(spec.name, lab)]
+        items = [(i.present, i.absent, spec.labels.index(lab)) for i, lab in checklist]
         item_pairs = phrases.pairs([(p, a) for p, a, _ in items])
         section = knowledge.anatomy(spec.modality) + knowledge.realism(spec.modality)
         modality_items = phrases.pairs([(i.present, i.absent) for i in section])
@@ -73,6 +73,8 @@ class VLMTexts:
             modality_items,
             torch.tensor(classes, dtype=torch.long),
             {m: i for i, m in enumerate(modalities)},
+            [i.id for i, _ in checklist],
+            [i.id for i in section],
         )
 
     def label_prompt_ids(self, label_sets: list[list[str]]) -> torch.Tensor:

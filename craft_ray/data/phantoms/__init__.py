@@ -1,9 +1,17 @@
 """Phantom datasets: synthetic images of the four modalities with known, stored findings.
 
 Each generator module exposes `patient(rng) -> params` (what stays fixed for a patient: anatomy,
-skin tone, stain strength) and `image(rng, size, params) -> (uint8 array, labels, attributes)`.
-Image i draws from `default_rng([seed, 0, i])`, patient p from `default_rng([seed, 1, p])`, so the output depends only on (seed, n, size) and is
-byte-identical across runs and machines with the same library versions.
+skin tone, stain strength), `image(rng, size, params, defect=None) -> (uint8 array, labels,
+attributes)` and `DEFECTS` (the hallucination-like defects it can draw, with the anatomy/realism
+items each violates). Image i draws from `default_rng([seed, 0, i])`, patient p from
+`default_rng([seed, 1, p])`, an implausible image's defect from `default_rng([seed, 5, i])`
+(`defects.choose_defect`), so the output depends only on (seed, n, size, implausible) and is
+byte-identical across runs and machines with the same library versions; the labels depend on
+(seed, i) alone.
+
+`attributes["items"]` holds per-item ground truth keyed by checklist item id (`<dataset>:<label>:<n>`
+for the findings the generator draws, `<modality>:anatomy|realism:<n>` for every image), and an
+implausible image has `attributes["implausible"] = {"defect": kind, "violates": [item ids]}`.
 """
 
 from __future__ import annotations
@@ -17,6 +25,7 @@ import numpy as np
 from craft_ray.data.converters.base import ProgressFn
 from craft_ray.data.images import encode_png
 from craft_ray.data.phantoms import chest, derm, fundus, histo
+from craft_ray.data.phantoms.defects import choose_defect
 from craft_ray.data.schema import ImageRecord, Manifest
 from craft_ray.data.splits import DEFAULT_FRACTIONS, assign_splits, check_no_empty_split
 from craft_ray.data.writer import DatasetWriter, check_dataset_output
@@ -34,13 +43,25 @@ def patient_of_image(n: int, seed: int) -> np.ndarray:
     return np.repeat(np.arange(n), sizes)[:n]
 
 
-def generate_image(modality: str, seed: int, index: int, size: int) -> tuple[np.ndarray, list[str], dict]:
-    """One phantom image with its labels and attributes (for tests and interactive use)."""
+def generate_image(
+    modality: str, seed: int, index: int, size: int, implausible: float = 0.0
+) -> tuple[np.ndarray, list[str], dict]:
+    """One phantom image with its labels and attributes (for tests and interactive use): image
+    `index` of `make_phantom_dataset(modality, n, ..., size, seed, implausible=implausible)`."""
     gen = _generator(modality)
+    check_share(implausible)
     pid = int(patient_of_image(index + 1, seed)[index])
     return gen.image(
-        np.random.default_rng([seed, 0, index]), size, gen.patient(np.random.default_rng([seed, 1, pid]))
+        np.random.default_rng([seed, 0, index]),
+        size,
+        gen.patient(np.random.default_rng([seed, 1, pid])),
+        choose_defect(tuple(gen.DEFECTS), seed, index, implausible),
     )
+
+
+def check_share(implausible: float) -> None:
+    if not 0.0 <= implausible <= 1.0:  # also refuses NaN
+        raise ConfigError(f"--implausible must be a share between 0 and 1, got {implausible}")
 
 
 def _generator(modality: str) -> ModuleType:
@@ -58,10 +79,15 @@ def make_phantom_dataset(
     fractions: dict[str, float] | None = None,
     progress: ProgressFn | None = None,
     overwrite: bool = False,
+    implausible: float = 0.0,
 ) -> Manifest:
     """Generate `n` phantom images of `modality` into a canonical dataset directory (written under
-    a temporary name, renamed into place when complete)."""
+    a temporary name, renamed into place when complete). A share `implausible` of the images
+    carries one hallucination-like defect each (see `defects`); their labels are those of the
+    plausible image at the same index."""
     gen = _generator(modality)
+    check_share(implausible)
+    kinds = tuple(gen.DEFECTS)
     if n < 1:
         raise ConfigError(f"--n must be at least 1, got {n}")
     if not 16 <= size <= 2048:
@@ -74,6 +100,7 @@ def make_phantom_dataset(
     splits = assign_splits(patient_ids, fractions, seed)
     check_no_empty_split(splits, fractions, f"--n {n} gives {len(set(patient_ids))} patient(s), which")
     patient_params: dict[int, dict] = {}
+    defects: dict[str, int] = {}
     order: Callable[[str], int] = spec.labels.index
     with (
         atomic_dir(out) as tmp,
@@ -83,9 +110,13 @@ def make_phantom_dataset(
             pid = int(patients[i])
             if pid not in patient_params:
                 patient_params = {pid: gen.patient(np.random.default_rng([seed, 1, pid]))}
+            defect = choose_defect(kinds, seed, i, implausible)
             pixels, labels, attributes = gen.image(
-                np.random.default_rng([seed, 0, i]), size, patient_params[pid]
+                np.random.default_rng([seed, 0, i]), size, patient_params[pid], defect
             )
+            if "implausible" in attributes:
+                kind = attributes["implausible"]["defect"]
+                defects[kind] = defects.get(kind, 0) + 1
             writer.add(
                 ImageRecord(
                     image_id=f"{modality}-{seed}-{i:07d}",
@@ -103,7 +134,11 @@ def make_phantom_dataset(
             )
             if progress:
                 progress(i + 1, n)
-        manifest = writer.close("phantom", {"seed": seed, "n": n, "size": size, "fractions": fractions})
+        options = {"seed": seed, "n": n, "size": size, "fractions": fractions}
+        if implausible:  # absent when 0, so a plausible dataset's manifest is as before
+            options["implausible"] = implausible
+            options["defects"] = dict(sorted(defects.items()))
+        manifest = writer.close("phantom", options)
     return manifest
 
 
@@ -118,4 +153,4 @@ def _plain(value):
     return value
 
 
-__all__ = ["GENERATORS", "generate_image", "make_phantom_dataset"]
+__all__ = ["GENERATORS", "check_share", "generate_image", "make_phantom_dataset"]
