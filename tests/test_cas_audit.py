@@ -128,7 +128,7 @@ def test_audit_through_an_mllm_asks_each_question(tmp_path, craft_in_process):
             ["--images", "{folder}", "--dataset", "isic"],
             "error: {folder}/labels.csv line 2: unknown label(s)",
         ),
-        (["--images", "{broken}"], "error: cannot decode image sample_0001_seed1.png"),
+        (["--images", "{broken}"], "error: {broken}/labels.csv line 3: cannot decode image"),
         (["--images", "{typo}"], "error: {typo}/labels.csv line 3: unknown label(s) ['Pnemonia']"),
         (
             ["--images", "{folder}", "--out", "{folder}/labels.csv"],

@@ -478,13 +478,32 @@ def _audit_source(
         if splits:
             raise CraftError("--split applies to a dataset; a folder of images is one split")
         dataset = dataset or _infer_dataset(path / LABELS_CSV)
-        source = resolve_images(source, dataset)
+        source, _ = resolve_images(source, dataset)
+        _refuse_rejected_rows(source, path)
     manifest = read_manifest(source)
     if dataset is not None and dataset != manifest.dataset:
         raise CraftError(f"--dataset {dataset}: {source} holds '{manifest.dataset}'")
     chosen = splits or sorted(manifest.counts)
     _check_split(source, chosen)
     return source, manifest.dataset, chosen
+
+
+def _refuse_rejected_rows(dataset: str, folder: Path) -> None:
+    """An audit answers for every image it is given: a folder row that could not be read (a missing
+    or truncated file, an unknown label) is an error naming it, not a silently smaller audit."""
+    import pyarrow.parquet as pq
+
+    from craft_ray.data.schema import REJECTS_NAME
+
+    rejects = Path(dataset) / REJECTS_NAME
+    if not rejects.is_file():
+        return
+    rows = pq.read_table(rejects).to_pylist()
+    if rows:
+        more = f" (and {len(rows) - 1} more row(s))" if len(rows) > 1 else ""
+        reason = str(rows[0].get("reason", rows[0]))
+        where = f"{folder}/" if reason.startswith("labels.csv") else ""
+        raise CraftError(f"{where}{reason}{more}")
 
 
 def _infer_dataset(labels_csv: Path) -> str:
