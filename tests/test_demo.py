@@ -265,3 +265,25 @@ def test_demo_dataset_settings_name_each_datasets_labels():
             spec = get_dataset(name)
             assert set(exp.cfg.evaluation.labels) <= set(spec.phantom_labels)
             assert exp.cfg.model.vlm == f"phantom:{spec.modality}"
+
+
+def test_demo_data_has_artefacts_in_the_fine_tuning_split_only(tmp_path):
+    """As real training data has artefacts, a share of the demo's training phantoms carries one
+    hallucination-like defect; the held-out splits (thresholds, label sets, test) stay clean."""
+    import json
+
+    from craft_ray.data.reading import read_table
+    from craft_ray.demo import DemoOptions
+    from craft_ray.demo.run import ensure_data
+    from craft_ray.evaluation import Reporter
+
+    cfg = load_experiments(DEMO_EXPERIMENTS, DemoLayout(tmp_path), seed=0)[0].cfg
+    manifest = ensure_data(cfg, DemoOptions(tmp_path, n=80, size=32, implausible=0.5), Reporter())
+    assert manifest.options["implausible_splits"] == ["train"]
+    defective = {}
+    for split in ("train", "val", "test"):
+        rows = read_table(cfg.dataset.uri, split, columns=["attributes"]).column("attributes").to_pylist()
+        defective[split] = sum("implausible" in json.loads(a) for a in rows) / len(rows)
+    assert 0.3 < defective["train"] < 0.7 and defective["val"] == defective["test"] == 0.0
+    with pytest.raises(ConfigError, match="implausible"):  # the same directory, asked without artefacts
+        ensure_data(cfg, DemoOptions(tmp_path, n=80, size=32, implausible=0.0), Reporter())

@@ -116,6 +116,12 @@ def demo(
         typer.Option("--set", help="override a config key of every experiment, e.g. training.steps=50"),
     ] = None,
     n: Annotated[int, typer.Option(help="phantom images of the dataset (data seed 0)")] = 1000,
+    implausible: Annotated[
+        float,
+        typer.Option(
+            help="share of the training images with one hallucination-like defect each (as real data has artefacts)"
+        ),
+    ] = 0.2,
     address: Annotated[str | None, typer.Option(help=ADDRESS_HELP)] = None,
 ) -> None:
     """CRAFT vs its baselines on phantoms of a dataset (or all four): train each on Ray Train from the
@@ -132,7 +138,10 @@ def demo(
     seed_list = parse_seeds(seeds)
     user_sets = parse_sets(set_ or [])
     names = datasets_of(directory, dataset)
-    base = DemoOptions(out, directory, n)
+    from craft_ray.data.phantoms import check_share
+
+    check_share(implausible)
+    base = DemoOptions(out, directory, n, implausible=implausible)
     runs = [
         dataclasses.replace(
             base, out=out / name, overrides={**dataset_overrides(directory, name), **user_sets}

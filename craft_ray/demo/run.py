@@ -45,6 +45,9 @@ from craft_ray.train.methods import get_method
 from craft_ray.train.trainer import FINAL_NAME, run_exists, run_training
 
 DATA_SEED = 0  # the demo's phantoms (see the model cards' seed plan)
+# Implausible (artefact) images go into the fine-tuning data only, as real training data has
+# artefacts; the held-out splits (thresholds, label sets, downstream test) stay the clean reference.
+IMPLAUSIBLE_SPLITS = ("train",)
 
 
 @dataclass
@@ -54,6 +57,7 @@ class DemoOptions:
     n: int = 1000  # phantom images of the dataset (train / val / test by the generator's fractions)
     size: int = 64
     overrides: dict[str, Any] = field(default_factory=dict)  # dotted config keys for every experiment
+    implausible: float = 0.2  # share of training images with one hallucination-like defect each
 
 
 @dataclass
@@ -110,6 +114,8 @@ def ensure_data(cfg: ExperimentConfig, opts: DemoOptions, reporter: Reporter) ->
             "n": opts.n,
             "size": opts.size,
             "seed": DATA_SEED,
+            "implausible": opts.implausible or None,
+            "implausible_splits": sorted(IMPLAUSIBLE_SPLITS) if opts.implausible else None,
         }
         changed = [f"{k} {made.get(k)!r} (this demo: {v!r})" for k, v in wanted.items() if made.get(k) != v]
         if changed:
@@ -120,7 +126,16 @@ def ensure_data(cfg: ExperimentConfig, opts: DemoOptions, reporter: Reporter) ->
         reporter.say(f"data: reusing {target}")
         return manifest
     with reporter.progress(f"phantom {modality} images") as update:
-        return make_phantom_dataset(modality, opts.n, target, opts.size, DATA_SEED, progress=update)
+        return make_phantom_dataset(
+            modality,
+            opts.n,
+            target,
+            opts.size,
+            DATA_SEED,
+            progress=update,
+            implausible=opts.implausible,
+            implausible_splits=IMPLAUSIBLE_SPLITS,
+        )
 
 
 def calibration_inputs(cfg: ExperimentConfig, spec: EvaluatorSpec) -> dict[str, Any]:

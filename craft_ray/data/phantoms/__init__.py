@@ -80,11 +80,14 @@ def make_phantom_dataset(
     progress: ProgressFn | None = None,
     overwrite: bool = False,
     implausible: float = 0.0,
+    implausible_splits: tuple[str, ...] | None = None,
 ) -> Manifest:
     """Generate `n` phantom images of `modality` into a canonical dataset directory (written under
     a temporary name, renamed into place when complete). A share `implausible` of the images
     carries one hallucination-like defect each (see `defects`); their labels are those of the
-    plausible image at the same index."""
+    plausible image at the same index. `implausible_splits`: only images of these splits get
+    defects (e.g. artefacts in the fine-tuning data while the held-out references stay clean);
+    None: every split."""
     gen = _generator(modality)
     check_share(implausible)
     kinds = tuple(gen.DEFECTS)
@@ -110,7 +113,8 @@ def make_phantom_dataset(
             pid = int(patients[i])
             if pid not in patient_params:
                 patient_params = {pid: gen.patient(np.random.default_rng([seed, 1, pid]))}
-            defect = choose_defect(kinds, seed, i, implausible)
+            in_scope = implausible_splits is None or splits[patient_ids[i]] in implausible_splits
+            defect = choose_defect(kinds, seed, i, implausible) if in_scope else None
             pixels, labels, attributes = gen.image(
                 np.random.default_rng([seed, 0, i]), size, patient_params[pid], defect
             )
@@ -138,6 +142,8 @@ def make_phantom_dataset(
         if implausible:  # absent when 0, so a plausible dataset's manifest is as before
             options["implausible"] = implausible
             options["defects"] = dict(sorted(defects.items()))
+            if implausible_splits is not None:
+                options["implausible_splits"] = sorted(implausible_splits)
         manifest = writer.close("phantom", options)
     return manifest
 
