@@ -16,13 +16,24 @@ from craft_ray.errors import ConfigError
 def test_demo_experiments_use_the_shipped_models_and_the_demo_paths(tmp_path):
     layout = DemoLayout(tmp_path)
     experiments = load_experiments(DEMO_EXPERIMENTS, layout, seed=7, overrides={"training.steps": 3})
-    assert [e.method for e in experiments][0] == "craft"
-    assert {e.method for e in experiments} == {"craft", "lora_sft", "pretrained"}
+    # the shared warm start first (trained, not evaluated), then the main method, then the baselines
+    assert [(e.cfg.run_name, e.evaluated) for e in experiments][:2] == [
+        ("demo-warm", False),
+        ("demo-craft", True),
+    ]
+    assert {e.method for e in experiments if e.evaluated} == {"craft", "lora_sft", "pretrained"}
+    warm = str(tmp_path / "seed-7" / "runs" / "demo-warm")
+    assert {e.cfg.run_name: e.cfg.model.init_lora for e in experiments} == {
+        "demo-warm": None,
+        "demo-craft": warm,
+        "demo-lora_sft": warm,
+        "demo-pretrained": None,
+    }
     for exp in experiments:
         cfg: ExperimentConfig = exp.cfg
         # every method starts from the shipped phantom diffusion base
         assert cfg.model.base == "phantom" and cfg.model.vlm == "phantom:chest"
-        assert cfg.evaluation.classifier == "phantom:chest"
+        assert cfg.evaluation.classifier == "phantom:chest" and cfg.evaluation.vlm == "phantom-eval:chest"
         assert cfg.seed == 7 and cfg.evaluation.seed == 7
         assert cfg.dataset.uri == str(tmp_path / "data" / "chexpert")
         assert cfg.storage.path == str(tmp_path / "seed-7" / "runs")
@@ -71,7 +82,7 @@ def test_demo_reuses_data_and_calibration_only_while_they_match(tmp_path):
 
 
 def test_demo_experiments_must_name_one_craft_run(tmp_path):
-    for name in ("pretrained", "lora_sft"):
+    for name in ("pretrained", "lora_sft", "warm"):
         (tmp_path / f"{name}.yaml").write_text((DEMO_EXPERIMENTS / f"{name}.yaml").read_text())
     (tmp_path / "_common.yaml").write_text(
         (DEMO_EXPERIMENTS / "_common.yaml").read_text().replace("../", f"{DEMO_EXPERIMENTS.parent}/")
