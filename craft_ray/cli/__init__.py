@@ -16,6 +16,7 @@ from craft_ray.cli import (
     cas,
     checklists,
     config,
+    control,
     data,
     demo,
     evaluate,
@@ -57,6 +58,7 @@ def _root(
 app.add_typer(data.app, name="data")
 app.add_typer(config.app, name="config")
 cas.app.command("probe")(probe.cas_probe)
+app.command("control")(control.control)
 app.add_typer(cas.app, name="cas")
 app.add_typer(study.app, name="study")
 app.add_typer(checklists.app, name="checklists")
