@@ -333,3 +333,27 @@ def test_probe_cli_refuses_bad_input_in_one_line(phantom_root, craft_in_process)
         "cas", "probe", "--vlm", "tiny", "--data", str(phantom_root / "chest"), "--labels", "Pnemonia"
     )
     assert result.returncode == 2 and "Pnemonia" in result.stderr
+
+
+def test_probe_cli_records_its_numbers_in_the_vlms_card(phantom_root, craft_in_process, tmp_path):
+    """`--card` keeps the probe's per-label numbers in a VLM's card.json and README; a VLM without a
+    card is refused before any ascent runs."""
+    import json
+    import shutil
+
+    from craft_ray.models.phantom import assets_root
+
+    vlm = tmp_path / "vlm"
+    shutil.copytree(assets_root() / "vlm-chest", vlm)
+    data = str(phantom_root / "chest")
+    args = ("cas", "probe", "--vlm", str(vlm), "--data", data, "--labels", "Cardiomegaly,Support Devices")
+    result = craft_in_process(*args, "--n", "2", "--steps", "2", "--card")
+    assert result.returncode == 0, result.stderr
+    probe = json.loads((vlm / "card.json").read_text())["probe"]
+    assert [r["label"] for r in probe["labels"]] == ["Cardiomegaly", "Support Devices"]
+    assert all(r["n"] == 2 and r["reward_after"] >= r["reward_before"] for r in probe["labels"])
+    assert "--card" in probe["command"] and "gate" in json.loads((vlm / "card.json").read_text())
+    readme = (vlm / "README.md").read_text()
+    assert "## Probe" in readme and "| Support Devices | 2 |" in readme and "## Held-out gate" in readme
+    refused = craft_in_process("cas", "probe", "--vlm", "tiny", "--data", data, "--card")
+    assert refused.returncode == 2 and "no model card" in refused.stderr

@@ -279,7 +279,7 @@ def test_a_resumed_sweeps_asha_stops_the_same_trials_as_an_uninterrupted_one(tmp
 
 
 def test_the_demo_sweep_chooses_crafts_settings_on_validation(tmp_path):
-    """experiments/sweeps/demo.yaml: 12 CRAFT settings (gradient path x rho x augmentation) and one
+    """experiments/sweeps/demo.yaml: 6 CRAFT settings (gradient path x rho) and one
     continued LoRA-SFT (it reads none of them), chosen by the independent evaluator's val_cas."""
     spec_path = REPO / "experiments" / "sweeps" / "demo.yaml"
     data = yaml.safe_load(spec_path.read_text())
@@ -292,8 +292,11 @@ def test_the_demo_sweep_chooses_crafts_settings_on_validation(tmp_path):
     spec.write_text(yaml.safe_dump(data))
     planned = plan(spec)
     by_method = {m: [t for t in planned.trials if t.method == m] for m in ("craft", "lora_sft")}
-    assert len(by_method["craft"]) == 12 and len(by_method["lora_sft"]) == 1
+    assert len(by_method["craft"]) == 6 and len(by_method["lora_sft"]) == 1
     assert load_spec(spec).metric == "val_cas"
     for trial in by_method["craft"]:
         assert trial.cfg.evaluation.vlm == "phantom-eval:chest"  # selection by the independent evaluator
         assert trial.cfg.training.steps == 60
+        assert trial.cfg.reward.augment.copies == 4  # the augmented reward in every trial
+    combos = {(t.cfg.training.gradient_path, t.cfg.training.reward_ratio) for t in by_method["craft"]}
+    assert combos == {(p, r) for p in ("last_k", "sparse") for r in (0.1, 0.3, 1.0)}

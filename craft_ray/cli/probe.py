@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -42,6 +43,10 @@ def cas_probe(
     seed: Annotated[int, typer.Option()] = 0,
     out: Annotated[Path | None, typer.Option(help="write the results as JSON here")] = None,
     overwrite: Annotated[bool, typer.Option(help="replace --out if it exists")] = False,
+    card: Annotated[
+        bool,
+        typer.Option(help="record the results in the VLM's model card (a directory holding card.json)"),
+    ] = False,
 ) -> None:
     """Push real images toward other labels by pixel ascent on the reward; report the reward's gain
     against the independent classifier's (the transfer: 1 = the classifier agrees, 0 = fooled alone)."""
@@ -75,6 +80,7 @@ def cas_probe(
     if missing:
         raise CraftError(f"the classifier does not know the label(s) {missing} (it knows {clf.labels})")
     vlm_name = with_modality(vlm, spec.modality)
+    card_dir = _card_directory(vlm_name) if card else None
     reward = vlm_reward(build_vlm(vlm_name), spec.name, list(manifest.label_space), dimension)
     dataset = ImageParquetDataset(data, split, labels=list(manifest.label_space), channels=spec.channels)
     import torch
@@ -98,16 +104,35 @@ def cas_probe(
         f"(reward gain {summary['reward_gain_mean']:.3f}, classifier gain {summary['classifier_gain_mean']:.3f})"
     )
     console.print(table)
+    result = {
+        "vlm": vlm_name,
+        "classifier": with_modality(classifier, spec.modality),
+        "data": data,
+        "split": split,
+        "dimension": dimension,
+        "settings": settings.__dict__,
+        "labels": [r.as_dict() for r in rows],
+        "summary": summary,
+    }
     if out is not None:
-        result = {
-            "vlm": vlm_name,
-            "classifier": with_modality(classifier, spec.modality),
-            "data": data,
-            "split": split,
-            "dimension": dimension,
-            "settings": settings.__dict__,
-            "labels": [r.as_dict() for r in rows],
-            "summary": summary,
-        }
         write_text_atomic(out, json.dumps(result, indent=2) + "\n")
         console.print(f"wrote {out}", soft_wrap=True)
+    if card_dir is not None:
+        from craft_ray.pretrain.card import record_probe
+
+        command = (
+            " ".join(["craft", "cas", "probe", *sys.argv[3:]]) if sys.argv[1:3] == ["cas", "probe"] else ""
+        )
+        record_probe(card_dir, {**result, "command": command or f"craft cas probe --vlm {vlm} --data {data}"})
+        console.print(f"recorded the probe in {card_dir / 'card.json'}", soft_wrap=True)
+
+
+def _card_directory(vlm_name: str) -> Path:
+    """The directory of the VLM's model card: a shipped phantom VLM's or a directory given by path."""
+    from craft_ray.model_names import family_of
+    from craft_ray.models.phantom import phantom_vlm_dir
+
+    directory = phantom_vlm_dir(vlm_name) if family_of(vlm_name) else Path(vlm_name)
+    if not (directory / "card.json").is_file():
+        raise CraftError(f"--card: {vlm_name} has no model card (card.json) to record the probe in")
+    return directory

@@ -80,6 +80,8 @@ def _markdown(card: dict) -> str:
     ]
     if "item_gate" in gate:
         lines += _item_table(gate["item_gate"])
+    if "probe" in card:
+        lines += _probe_section(card["probe"])
     if "wrong_label_set" in card:
         lines += ["## Wrong label sets", "", card["wrong_label_set"], ""]
     lines += ["## Seed plan", "", *(f"- {k}: {v}" for k, v in card["seed_plan"].items()), ""]
@@ -106,6 +108,36 @@ def _item_table(items: dict) -> list[str]:
         *rows,
         "",
     ]
+
+
+def _probe_section(probe: dict) -> list[str]:
+    """`craft cas probe --card`: how far pixel ascent on the reward moves the independent classifier."""
+    lines = ["## Probe (how easy the reward is to fool)", "", f"`{probe['command']}`", ""]
+    lines += [
+        "| target | images | reward before | after | classifier P before | after | transfer |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in probe["labels"]:
+        lines.append(
+            f"| {r['label']} | {r['n']} | {r['reward_before']:.3f} | {r['reward_after']:.3f} | "
+            f"{r['classifier_before']:.3f} | {r['classifier_after']:.3f} | {r['transfer']:.3f} |"
+        )
+    s = probe["summary"]
+    lines += [
+        "",
+        f"Transfer = classifier gain / reward gain (1: the independent classifier agrees, 0: the reward "
+        f"is fooled alone); mean {s['transfer_mean']:.3f}.",
+        "",
+    ]
+    return lines
+
+
+def record_probe(directory: Path, probe: dict) -> None:
+    """Keep a probe's numbers in the model's card (card.json and README.md); a later probe replaces them."""
+    card = read_card(directory)
+    card["probe"] = probe
+    (directory / "card.json").write_text(json.dumps(card, indent=1) + "\n")
+    (directory / "README.md").write_text(_markdown(card))
 
 
 def update_gate(directory: Path, gate: dict) -> None:
