@@ -16,6 +16,7 @@ SEED_PLAN = {
     "phantom evaluation VLM training (craft pretrain vlm --arch eval)": 400,
     "phantom evaluation VLM negatives of other modalities": 401,
     "out-of-family classifier (evaluator) training": 300,
+    "reward classifier (phantom-reward, the positive control) training": 500,
     "held-out gates of every shipped model": GATE_SEED,
 }
 
@@ -50,7 +51,9 @@ def _markdown(card: dict) -> str:
     role = "evaluation" if cfg.get("arch_name") == "eval" else "reward"
     title = {
         "vlm": f"phantom:{cfg.get('modality')} ({role} VLM)",
-        "classifier": f"phantom:{cfg.get('modality')} (out-of-family classifier)",
+        "classifier": f"phantom:{cfg.get('modality')} (out-of-family classifier)"
+        if cfg.get("data_seed", 300) == 300
+        else f"phantom-reward:{cfg.get('modality')} (reward classifier, data seed {cfg.get('data_seed')})",
     }.get(card["kind"], "phantom (diffusion base)")
     lines = [
         f"# {title}",
