@@ -169,7 +169,8 @@ def test_demo_end_to_end_then_continues(ray_local, tmp_path):
     sets = {
         "training.steps": 1,
         "training.sampler_steps": 2,
-        "training.backprop_steps": 2,  # CRAFT's K must not exceed T
+        "training.backprop_steps": 2,  # CRAFT's K and sparse steps must not exceed T
+        "training.sparse_steps": 2,
         "evaluation.n_per_label": 2,
         "evaluation.classifier_epochs": 1,
         "evaluation.n_boot": 100,
