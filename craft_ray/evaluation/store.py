@@ -36,6 +36,8 @@ CALIBRATION = "calibration.json"
 CLASSIFIER = "classifier"
 PAIRS_PNG = "memorisation_pairs.png"
 
+REPLACE_HINT = "pass --overwrite to replace it"  # how `craft evaluate` replaces a stale evaluation
+
 
 def _differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
     """What changed between two identities, by dotted key (nested dicts compared key by key)."""
@@ -89,7 +91,7 @@ class EvalStore:
             diff = _differences((settings or {}).get("identity", {}), identity)
             raise EvaluationError(
                 f"{directory} holds {what} with other settings ({'; '.join(diff[:4]) or 'unreadable eval.json'}); "
-                "pass --overwrite to replace it"
+                f"{REPLACE_HINT}"
             )
         return "new"
 
