@@ -184,14 +184,14 @@ def test_demo_end_to_end_then_continues(ray_local, tmp_path):
     assert "training craft for 1 steps on 2 Ray Train worker(s)" in said
     for method in ("craft", "lora_sft", "pretrained"):
         assert f"demo-{method}" in said
-        assert (out / "seed-0" / "runs" / f"demo-{method}" / "final" / "model.json").is_file()
+        assert (out / "chexpert" / "seed-0" / "runs" / f"demo-{method}" / "final" / "model.json").is_file()
     assert "OOF AUROC" in result.stdout and "tail share" in result.stdout
 
     def not_strict(constant: str):
         raise AssertionError(f"summary.json holds {constant}: not strict JSON")
 
     # one seed: no sd, written as null (NaN is not JSON)
-    summary = json.loads((out / "summary.json").read_text(), parse_constant=not_strict)
+    summary = json.loads((out / "chexpert" / "summary.json").read_text(), parse_constant=not_strict)
     assert summary["methods"]["craft"]["cas"]["sd"] is None
     rows = summary["per_seed"]["0"]
     assert set(rows) == {"craft", "lora_sft", "pretrained"}
@@ -203,7 +203,7 @@ def test_demo_end_to_end_then_continues(ray_local, tmp_path):
         assert set(summary["differences"]["0"][base]) >= {"cas", "tail:overall"}
         assert summary["pooled"][base]["cas"]["verdict"] in ("win", "loss", "no difference")
     assert "paired difference" in result.stdout
-    report = out / "seed-0" / "report"
+    report = out / "chexpert" / "seed-0" / "report"
     assert (report / "report.md").is_file() and list(report.glob("figures/*.png"))
     assert "## Out-of-family evaluator (ground truth)" in (report / "report.md").read_text()
 
