@@ -369,3 +369,12 @@ def test_classifier_reward_positive_control_moves_the_out_of_family_classifier()
     (row,) = run_control(settings, ["Support Devices"], ["classifier"])
     assert row.reward_last > row.reward_first + 0.2  # the reward it was trained on rose
     assert row.p_after > row.p_before + 0.3 and row.paired_wins >= 6, row
+
+
+def test_control_refuses_bad_rewards_and_targets_before_any_run(craft_in_process, tmp_path):
+    out = tmp_path / "control.json"
+    result = craft_in_process("control", "--out", str(out), "--rewards", "classifier,foo")
+    assert result.returncode == 2 and "foo" in result.stderr and "CRAFT with" not in result.stderr
+    result = craft_in_process("control", "--out", str(out), "--dataset", "isic")
+    assert result.returncode == 2 and "--targets" in result.stderr
+    assert not out.exists()

@@ -213,8 +213,11 @@ def test_demo_end_to_end_then_continues(ray_local, tmp_path):
         def say(self, text: str) -> None:
             messages.append(text)
 
+    from craft_ray.demo.datasets import dataset_overrides
+
+    overrides = {**dataset_overrides(DEMO_EXPERIMENTS, "chexpert"), **sets}  # what the CLI passes
     again, summary_again = run_demo(
-        DemoOptions(out, n=48, overrides=sets), [0], Recording()
+        DemoOptions(out / "chexpert", n=48, overrides=overrides), [0], Recording()
     )  # in process, on the same cluster
     assert all(r.reused for r in again[0].results)
     assert sum("trained (1 steps), reusing" in m for m in messages) == 3

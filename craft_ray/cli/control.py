@@ -11,13 +11,18 @@ from rich.markup import escape
 from rich.table import Table
 
 from craft_ray.cli.common import console, err_console
+from craft_ray.errors import CraftError
 
 
 def control(
     out: Annotated[Path, typer.Option(help="JSON file to write the table to")],
     targets: Annotated[
-        str, typer.Option(help="comma-separated findings, one short run each per reward")
-    ] = "Support Devices,Cardiomegaly,Pleural Effusion",
+        str | None,
+        typer.Option(
+            help="comma-separated findings, one short run each per reward "
+            "(default for chexpert: Support Devices,Cardiomegaly,Pleural Effusion)"
+        ),
+    ] = None,
     rewards: Annotated[
         str, typer.Option(help="comma-separated: classifier, vlm, vlm-augmented")
     ] = "classifier,vlm,vlm-augmented",
@@ -35,6 +40,12 @@ def control(
     from craft_ray.outputs import check_output, write_text_atomic
 
     check_output(out, overwrite)
+    if targets is None:
+        if dataset != "chexpert":
+            raise CraftError(
+                f"--targets: the default findings are chest findings; name {dataset}'s with --targets"
+            )
+        targets = "Support Devices,Cardiomegaly,Pleural Effusion"
     settings = ControlSettings(dataset=dataset, steps=steps, images=images, seed=seed)
     chosen = [r.strip() for r in rewards.split(",") if r.strip()]
     wanted = [t.strip() for t in targets.split(",") if t.strip()]

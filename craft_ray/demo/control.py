@@ -127,6 +127,9 @@ def run_control(
     from craft_ray.train.session import LocalSession
 
     spec = get_dataset(settings.dataset)
+    bad = [r for r in rewards if r not in REWARDS]
+    if bad or not rewards:  # before any work: a late typo would cost the runs before it
+        raise ConfigError(f"control: unknown reward(s) {bad or 'none given'} (known: {', '.join(REWARDS)})")
     spec.check_labels(list(targets), where="--targets")
     oof = resolve_classifier(with_modality(settings.evaluator, spec.modality))
     unknown = [t for t in targets if t not in oof.labels]
