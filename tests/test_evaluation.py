@@ -269,6 +269,9 @@ def test_an_evaluation_is_identified_by_the_content_of_its_inputs(runs, evaluate
     make_phantom_dataset("chest", 48, data, size=32, seed=4, overwrite=True)
     with pytest.raises(EvaluationError, match=r"other settings \(inputs.data: .*; plan: "):
         state()
+    request.replace_hint = "remove that eval directory"  # a caller without --overwrite (craft demo)
+    with pytest.raises(EvaluationError, match=r"other settings .*; remove that eval directory$"):
+        state()
 
 
 def _foreign_run(runs) -> Path:

@@ -31,13 +31,13 @@ from craft_ray.data.schema import MANIFEST_NAME, Manifest
 from craft_ray.demo.datasets import check_shipped_models
 from craft_ray.demo.experiments import DEMO_EXPERIMENTS, DemoExperiment, DemoLayout, load_experiments
 from craft_ray.demo.summary import aggregate, method_row, seed_differences, strict_json, verdict_counts
-from craft_ray.errors import ConfigError, EvaluationError
+from craft_ray.errors import ConfigError
 from craft_ray.evaluation import EvalRequest, Reporter, RunResult, evaluate, open_run
 from craft_ray.evaluation.digests import Digests
 from craft_ray.evaluation.paired import RunScores, paired_comparison, pool_comparisons
 from craft_ray.evaluation.references import evaluation_spec
 from craft_ray.evaluation.run_metrics import oof_spec, real_scores
-from craft_ray.evaluation.store import CALIBRATION, REPLACE_HINT, SCORES
+from craft_ray.evaluation.store import CALIBRATION, SCORES
 from craft_ray.knowledge.labels import get_dataset
 from craft_ray.outputs import write_text_atomic
 from craft_ray.train.checkpoint import read_model_card
@@ -264,13 +264,9 @@ def run_seed(opts: DemoOptions, seed: int, reporter: Reporter) -> SeedResult:
     experiments = [exp for exp, _ in trained if exp.evaluated]
     run_dirs = [run_dir for exp, run_dir in trained if exp.evaluated]
     sources = [open_run(d) for d in run_dirs]
-    try:
-        results = evaluate(sources[0], sources[1:], EvalRequest(), reporter)
-    except EvaluationError as err:  # craft demo has no --overwrite: say what a demo user does instead
-        hint = (
-            "remove that eval directory to evaluate the run again (its training is kept), or use a new --out"
-        )
-        raise EvaluationError(str(err).replace(REPLACE_HINT, hint)) from None
+    # craft demo has no --overwrite: a stale evaluation's error says what a demo user does instead
+    hint = "remove that eval directory to evaluate the run again (its training is kept), or use a new --out"
+    results = evaluate(sources[0], sources[1:], EvalRequest(replace_hint=hint), reporter)
     with reporter.progress("report (tables, figures, sample grids)") as update:
         report = build_report(run_dirs, layout.report(seed), overwrite=True)
         update(1, 1)

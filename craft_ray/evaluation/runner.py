@@ -64,6 +64,7 @@ class EvalRequest:
     labels: list[str] | None = None
     out: Path | None = None  # the main run's evaluation directory (default <run>/eval)
     overwrite: bool = False
+    replace_hint: str = "pass --overwrite to replace it"  # how the user replaces a stale evaluation
 
 
 @dataclass
@@ -199,7 +200,9 @@ def plan_jobs(
             "sampler": sampler_for(source, cfg.evaluation).identity(),
         }
         store = EvalStore(directory)
-        jobs.append(Job(source, store, identity, store.state(identity, request.overwrite)))
+        jobs.append(
+            Job(source, store, identity, store.state(identity, request.overwrite, request.replace_hint))
+        )
     return jobs
 
 

@@ -36,8 +36,6 @@ CALIBRATION = "calibration.json"
 CLASSIFIER = "classifier"
 PAIRS_PNG = "memorisation_pairs.png"
 
-REPLACE_HINT = "pass --overwrite to replace it"  # how `craft evaluate` replaces a stale evaluation
-
 
 def _differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
     """What changed between two identities, by dotted key (nested dicts compared key by key)."""
@@ -73,9 +71,10 @@ class EvalStore:
         except json.JSONDecodeError:
             return None
 
-    def state(self, identity: dict[str, Any], overwrite: bool) -> str:
+    def state(self, identity: dict[str, Any], overwrite: bool, replace_hint: str) -> str:
         """'complete' (nothing to do), 'partial' (continue) or 'new'. A finished or unfinished
-        evaluation made with other settings is an error unless `overwrite`."""
+        evaluation made with other settings is an error unless `overwrite`; the error ends with
+        `replace_hint`, how the caller's user replaces it."""
         for directory, kind in ((self.final, "complete"), (self.partial, "partial")):
             if not directory.exists():
                 continue
@@ -91,7 +90,7 @@ class EvalStore:
             diff = _differences((settings or {}).get("identity", {}), identity)
             raise EvaluationError(
                 f"{directory} holds {what} with other settings ({'; '.join(diff[:4]) or 'unreadable eval.json'}); "
-                f"{REPLACE_HINT}"
+                f"{replace_hint}"
             )
         return "new"
 

@@ -38,6 +38,11 @@ def write_card(directory: Path, kind: str, config: dict, record: dict, gate: dic
     }
     if kind == "vlm":
         card["wrong_label_set"] = WRONG_LABELS
+    _write(directory, card)
+
+
+def _write(directory: Path, card: dict) -> None:
+    """card.json and the README rendered from it, always together."""
     (directory / "card.json").write_text(json.dumps(card, indent=1) + "\n")
     (directory / "README.md").write_text(_markdown(card))
 
@@ -137,16 +142,10 @@ def _probe_section(probe: dict) -> list[str]:
 
 def record_probe(directory: Path, probe: dict) -> None:
     """Keep a probe's numbers in the model's card (card.json and README.md); a later probe replaces them."""
-    card = read_card(directory)
-    card["probe"] = probe
-    (directory / "card.json").write_text(json.dumps(card, indent=1) + "\n")
-    (directory / "README.md").write_text(_markdown(card))
+    _write(directory, {**read_card(directory), "probe": probe})
 
 
 def update_gate(directory: Path, gate: dict) -> None:
     """Re-gate a model (e.g. after the gate's rule improved) without retraining: the card keeps
     its data, training record and command; only the gate section changes."""
-    card = read_card(directory)
-    card["gate"] = gate
-    (directory / "card.json").write_text(json.dumps(card, indent=1) + "\n")
-    (directory / "README.md").write_text(_markdown(card))
+    _write(directory, {**read_card(directory), "gate": gate})
