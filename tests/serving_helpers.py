@@ -35,16 +35,19 @@ def b64(data: bytes) -> str:
 
 class TinyMLLMEndpoint:
     """A real HTTP server on 127.0.0.1 with the OpenAI routes the CAS evaluator's MLLM path uses
-    (/v1/models, /v1/chat/completions with first-token logprobs), answering from the local tiny
-    LLaVA, that refuses (HTTP 400) the images `refuse` picks: an MLLM that rejects some inputs."""
+    (/v1/models, /v1/chat/completions with first-token logprobs), answering from a local MLLM (the
+    tiny LLaVA unless `mllm` is given). Faults on demand: `refuse` picks images answered with HTTP
+    400 (an MLLM that rejects some inputs), `broken` answers every POST with 500, `fail_first`
+    answers the first n POSTs with 503 (a server busy for a moment)."""
 
-    def __init__(self, refuse=lambda image: False):
+    def __init__(self, mllm=None, refuse=lambda image: False, broken: bool = False, fail_first: int = 0):
         import threading
         from http.server import ThreadingHTTPServer
 
         from craft_ray.models.mllm import tiny_llava
 
-        self.mllm, self.refuse, self.lock = tiny_llava(), refuse, threading.Lock()
+        self.mllm = mllm if mllm is not None else tiny_llava()
+        self.refuse, self.broken, self.fail_first, self.lock = refuse, broken, fail_first, threading.Lock()
         self.posts = self.refused = 0
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
@@ -78,6 +81,13 @@ class TinyMLLMEndpoint:
                 self._send(200, {"object": "list", "data": [{"id": "tiny-llava", "object": "model"}]})
 
             def do_POST(self):
+                with endpoint.lock:
+                    endpoint.posts += 1
+                    posts = endpoint.posts
+                if endpoint.broken:
+                    return self._send(500, {"error": {"message": "boom"}})
+                if posts <= endpoint.fail_first:
+                    return self._send(503, {"error": {"message": "busy"}})
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 parts = body["messages"][0]["content"]
                 url = next(p["image_url"]["url"] for p in parts if p["type"] == "image_url")
@@ -87,7 +97,6 @@ class TinyMLLMEndpoint:
                 img = Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))).convert("RGB")
                 image = torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1)[None].float() / 255
                 with endpoint.lock:
-                    endpoint.posts += 1
                     if endpoint.refuse(image):
                         endpoint.refused += 1
                         return self._send(400, {"error": {"message": "image refused by the model"}})

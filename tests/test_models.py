@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
 import numpy as np
 import pytest
 import torch
 from conftest import assert_gradient_matches_finite_differences, generate_chest
 from PIL import Image
+from serving_helpers import TinyMLLMEndpoint
 
 from craft_ray.errors import EndpointError, ModelError
 from craft_ray.models import (
@@ -141,74 +138,9 @@ def test_qwen2_vl_pixel_adapter_matches_the_processor():
     assert torch.allclose(got["pixel_values"], expected["pixel_values"].float(), atol=1e-4)
 
 
-class _FakeEndpoint:
-    """A real HTTP server on 127.0.0.1 with the OpenAI routes, answering from the tiny local MLLM."""
-
-    def __init__(self, mllm, broken: bool = False, fail_first: int = 0):
-        self.mllm, self.broken, self.fail_first = mllm, broken, fail_first
-        self.posts = 0
-        handler = self._handler()
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def _handler(self):
-        endpoint = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def _send(self, code, payload):
-                body = json.dumps(payload).encode()
-                self.send_response(code)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def do_GET(self):
-                self._send(200, {"object": "list", "data": [{"id": "tiny-llava", "object": "model"}]})
-
-            def do_POST(self):
-                import base64
-                import io
-
-                endpoint.posts += 1
-                if endpoint.broken:
-                    return self._send(500, {"error": {"message": "boom"}})
-                if endpoint.posts <= endpoint.fail_first:  # overloaded for a moment
-                    return self._send(503, {"error": {"message": "busy"}})
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                parts = body["messages"][0]["content"]
-                url = next(p["image_url"]["url"] for p in parts if p["type"] == "image_url")
-                text = next(p["text"] for p in parts if p["type"] == "text").removesuffix(
-                    " Answer yes or no."
-                )
-                img = Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))).convert("RGB")
-                tensor = torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1)[None].float() / 255
-                with torch.no_grad():
-                    logp = endpoint.mllm.next_token_logprobs(tensor, [text])[0]
-                top = torch.topk(logp, body["top_logprobs"])
-                tokens = endpoint.mllm.processor.tokenizer.convert_ids_to_tokens(top.indices.tolist())
-                entries = [
-                    {"token": t, "logprob": float(v)}
-                    for t, v in zip(tokens, top.values.tolist(), strict=True)
-                ]
-                self._send(
-                    200,
-                    {"choices": [{"logprobs": {"content": [{"token": tokens[0], "top_logprobs": entries}]}}]},
-                )
-
-        return Handler
-
-    def close(self):
-        self.server.shutdown()
-
-
 def test_remote_mllm_matches_local_scores_over_http():
     mllm = tiny_llava()
-    endpoint = _FakeEndpoint(mllm)
+    endpoint = TinyMLLMEndpoint(mllm)
     try:
         remote = build_mllm(endpoint.url)
         assert isinstance(remote, RemoteMLLMScorer)
@@ -225,7 +157,7 @@ def test_remote_mllm_matches_local_scores_over_http():
         assert torch.allclose(got, expected, atol=1e-4)
     finally:
         endpoint.close()
-    broken = _FakeEndpoint(mllm, broken=True)
+    broken = TinyMLLMEndpoint(mllm, broken=True)
     try:
         with pytest.raises(EndpointError, match="still failing after 2 retries"):
             RemoteMLLMScorer(broken.url, model="m", retries=2, backoff=0).p_yes(
@@ -265,7 +197,7 @@ def test_lora_with_alpha_not_rank_reloads_at_the_trained_strength(tmp_path, rank
 def test_remote_mllm_retries_transient_errors_with_backoff():
     """A moment of 503s (a restarting or overloaded server) costs retries, not the answer."""
     mllm = tiny_llava()
-    flaky = _FakeEndpoint(mllm, fail_first=2)
+    flaky = TinyMLLMEndpoint(mllm, fail_first=2)
     try:
         remote = RemoteMLLMScorer(flaky.url, model="m", retries=3, backoff=0, concurrency=1)
         remote.top_logprobs = len(mllm.processor.tokenizer)
