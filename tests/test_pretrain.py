@@ -487,3 +487,21 @@ def test_pretrain_vlm_bad_options_fail_before_any_work(tmp_path, craft_in_proces
     assert result.returncode == 2 and not (tmp_path / "v").exists()
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(message), lines
+
+
+def test_shipped_models_fit_the_size_budget_and_say_how_to_remake_themselves():
+    """The package's phantom models stay under 50 MB together, and each model card's command
+    rebuilds that very directory (not a path of the machine that trained it)."""
+    import json
+
+    from craft_ray.models.phantom import assets_root
+
+    root = assets_root()
+    total = sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
+    assert total < 50 * 10**6, f"assets/phantom/ holds {total / 1e6:.1f} MB"
+    cards = sorted(root.glob("*/card.json"))
+    assert len(cards) >= 5  # the diffusion base and the four chest models at least
+    for card in cards:
+        command = json.loads(card.read_text())["command"]
+        assert command.startswith("craft pretrain ")
+        assert f" --out craft_ray/assets/phantom/{card.parent.name} " in command + " ", command
