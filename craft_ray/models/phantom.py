@@ -68,7 +68,9 @@ def _modality_dir(spec: str, kind: str, what: str, shipped: list[str], family: s
     directory = assets_root() / f"{kind}-{modality}"
     if not (directory / "model.safetensors").is_file():
         names = ", ".join(phantom_vlm_name(m, family) for m in shipped) or "none"
-        command = kind.split("-")[0]
+        command = {"vlm-eval": "vlm --arch eval", "classifier-reward": "classifier --data-seed 500"}.get(
+            kind, kind
+        )
         raise ModelError(
             f"no shipped {what} weights for {spec!r} (shipped: {names}); train them with "
             f"`craft pretrain {command} --modality {modality} --out DIR` (README: 'The shipped phantom "
