@@ -211,12 +211,23 @@ def _derm_defect_shows(kind, img, twin):
             return (hsv[..., 1] > 0.5) & (hsv[..., 2] > 0.25) & (hsv[..., 0] > 0.2) & (hsv[..., 0] < 0.92)
 
         return unnatural(img).sum() > 20 and unnatural(twin).sum() == 0
-    if kind == "duplicated":  # new pigment, away from the lesion
+    if kind == "duplicated":  # new pigment away from the lesion, with skin between: a second lesion,
+        from scipy import ndimage  # not a lobe of the first
+
         changed = np.abs(img - twin).max(-1) > 30
         yy, xx = grid(img.shape[0])
-        dark = twin.mean(-1) < np.median(twin.mean(-1)) - 30
+        skin = np.median(twin.mean(-1))
+        dark, dark_img = twin.mean(-1) < skin - 30, img.mean(-1) < skin - 30
         away = np.hypot(yy[changed].mean() - yy[dark].mean(), xx[changed].mean() - xx[dark].mean())
-        return changed.sum() > 10 and away > 0.08
+        dark, dark_img = ndimage.binary_opening(dark), ndimage.binary_opening(dark_img)  # hairs out
+        parts, _ = ndimage.label(dark)  # the lesion: the twin's largest pigment clear of the border
+        border = set(np.concatenate([parts[0], parts[-1], parts[:, 0], parts[:, -1]]).tolist())
+        inner = [k for k in range(1, parts.max() + 1) if k not in border]
+        lesion = parts == max(inner, key=lambda k: (parts == k).sum())
+        pigment, _ = ndimage.label(dark_img & ~(dark & ~lesion))  # the field stop left out
+        copy_parts = set(np.unique(pigment[dark_img & ~dark])) - {0}
+        separate = bool(copy_parts - set(np.unique(pigment[lesion])))
+        return changed.sum() > 10 and away > 0.08 and separate
     if kind == "half":  # pigment removed: skin shows where lesion was
         return (diff > 25).sum() > 5
     if kind == "texture":  # red strokes: redder than skin, in a square

@@ -194,11 +194,17 @@ def image(
     if kind == "half":  # the lesion stops at a straight line through its centre
         phi = defect.rng.uniform(0, 2 * np.pi)
         mask = mask * (((xx - cx) * np.cos(phi) + (yy - cy) * np.sin(phi)) > 0)
-    if kind == "duplicated":  # a second, smaller copy of the lesion beside it, inside the field
+    if kind == "duplicated":  # a second, smaller copy of the lesion beside it, skin between them
         small = min(0.07, radius)  # big enough to see, never bigger than the lesion
-        r2 = float(np.clip(0.43 - radius, small, max(0.35 * radius, small)))
         ang = np.pi / 4 + np.pi / 2 * int(defect.rng.integers(4)) + defect.rng.uniform(-0.3, 0.3)  # a corner
-        dist = radius + r2 + 0.02
+        # the lesion's own reach towards that corner (an irregular border reaches up to ~2x its
+        # radius): a copy at the nominal radius would merge into it, one lobulated lesion
+        wedge = (mask > 0.5) & (np.abs(np.angle(np.exp(1j * (theta - ang)))) < 0.5)
+        reach = float(rho[wedge].max()) if wedge.any() else radius
+        gap = 0.05  # about 3 px of skin at 64 px
+        room = 0.48 - np.hypot(cx - 0.5, cy - 0.5) - reach - gap  # to the dermatoscope's field stop
+        r2 = float(np.clip(room / 2, small, max(0.35 * radius, small)))
+        dist = reach + gap + r2
         cx2, cy2 = cx + dist * np.cos(ang), cy + dist * np.sin(ang)
         second = sigmoid((r2 - np.hypot(xx - cx2, yy - cy2)) * size * 0.9)
         copy = np.roll(lesion, (int((cy2 - cy) * size), int((cx2 - cx) * size)), axis=(0, 1))
