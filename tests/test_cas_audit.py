@@ -98,6 +98,34 @@ def test_audit_of_a_folder_of_pngs_with_labels_csv(tmp_path, craft_in_process):
     assert report["item_auroc_min"] is None
 
 
+def test_audit_of_a_folder_of_mixed_sizes_takes_the_one_image_path(tmp_path, craft_in_process):
+    """A folder whose PNGs differ in size (a user's own exports) is audited, each image through
+    the one image path: the same phantom at 64 px, at 128 px and inside a wider 64 x 96 canvas
+    (centre square = the phantom) gets the same answers as far as resampling allows."""
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    pixels, labels, _ = generate_image("chest", 9, 0, 64)
+    base = Image.fromarray(pixels)
+    base.save(folder / "a.png")
+    base.resize((128, 128), Image.BICUBIC).save(folder / "b.png")
+    wide = Image.new("L", (96, 64), 0)
+    wide.paste(base, (16, 0))
+    wide.save(folder / "c.png")
+    (folder / "labels.csv").write_text(
+        "file,labels\n" + "".join(f"{f}.png,{'|'.join(labels)}\n" for f in "abc")
+    )
+    out = tmp_path / "audit.json"
+    done = craft_in_process(
+        "cas", "audit", "--images", str(folder), "--out", str(out), "--vlm", "phantom:chest"
+    )
+    assert done.returncode == 0, done.stderr
+    answers = {img["image_id"]: img["p"] for img in json.loads(out.read_text())["images"]}
+    assert set(answers) == {"a.png", "b.png", "c.png"}
+    for other in ("b.png", "c.png"):
+        gaps = [abs(answers[other][k] - answers["a.png"][k]) for k in answers["a.png"]]
+        assert max(gaps) < 0.1, (other, max(gaps))
+
+
 def test_audit_through_an_mllm_asks_each_question(tmp_path, craft_in_process):
     folder = write_folder(tmp_path / "generated", n=2)
     out = tmp_path / "audit.json"

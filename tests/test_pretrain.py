@@ -148,6 +148,8 @@ def test_phantom_names_fail_clearly(monkeypatch, tmp_path):
         build_vlm("phantom:chest")
     with pytest.raises(ModelError, match="no shipped classifier weights.*craft pretrain classifier"):
         resolve_classifier("phantom:chest")
+    with pytest.raises(ModelError, match="modality 'isic'.*isic is a dataset: phantom-eval:derm"):
+        build_vlm("phantom-eval:isic")
     with pytest.raises(ModelError, match="evaluation VLM.*`craft pretrain vlm --arch eval --modality derm"):
         build_vlm("phantom-eval:derm")
     with pytest.raises(ModelError, match="`craft pretrain classifier --data-seed 500 --modality fundus"):

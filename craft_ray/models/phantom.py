@@ -15,7 +15,7 @@ from importlib import resources
 from pathlib import Path
 
 from craft_ray.errors import ModelError
-from craft_ray.knowledge.labels import MODALITIES
+from craft_ray.knowledge.labels import DATASETS, MODALITIES
 from craft_ray.model_names import PHANTOM, PHANTOM_EVAL, PHANTOM_REWARD, family_of, with_modality
 
 PREFIX = "phantom:"
@@ -62,8 +62,13 @@ def _modality_dir(spec: str, kind: str, what: str, shipped: list[str], family: s
         )
     modality = spec.removeprefix(f"{family}:")
     if modality not in MODALITIES:
+        hint = (
+            f"; {modality} is a dataset: {family}:{DATASETS[modality].modality}"
+            if modality in DATASETS
+            else ""
+        )
         raise ModelError(
-            f"unknown phantom {what} {spec!r}: modality {modality!r} (known: {', '.join(MODALITIES)})"
+            f"unknown phantom {what} {spec!r}: modality {modality!r} (known: {', '.join(MODALITIES)}){hint}"
         )
     directory = assets_root() / f"{kind}-{modality}"
     if not (directory / "model.safetensors").is_file():
