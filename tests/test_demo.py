@@ -225,6 +225,61 @@ def test_demo_end_to_end_then_continues(ray_local, tmp_path):
     assert summary_again["per_seed"][0]["craft"]["cas"] == pytest.approx(rows["craft"]["cas"])
 
 
+@pytest.mark.slow
+def test_demo_on_fundus_uses_the_fundus_models_end_to_end(ray_local, tmp_path):
+    """`craft demo --dataset fundus` as a user runs it (reduced size): the same experiments on the
+    fundus phantoms, trained and evaluated with the shipped fundus reward VLM, evaluation VLM and
+    out-of-family classifier, under <out>/fundus."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "demo"
+    sets = {
+        "training.steps": 1,
+        "training.sampler_steps": 2,
+        "training.backprop_steps": 2,
+        "training.sparse_steps": 2,
+        "evaluation.n_per_label": 2,
+        "evaluation.classifier_epochs": 1,
+        "evaluation.n_boot": 100,
+    }
+    args = [
+        sys.executable,
+        "-m",
+        "craft_ray.cli",
+        "demo",
+        "--dataset",
+        "fundus",
+        "--out",
+        str(out),
+        "--n",
+        "48",
+    ]
+    args += [a for k, v in sets.items() for a in ("--set", f"{k}={v}")]
+    env = {**os.environ, "RAY_ADDRESS": ray_local.get_runtime_context().gcs_address, "COLUMNS": "300"}
+    result = subprocess.run(args, capture_output=True, text=True, timeout=1200, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "CRAFT vs baselines on fundus" in " ".join(result.stdout.split())
+    summary = json.loads((out / "fundus" / "summary.json").read_text())
+    assert summary["dataset"] == "fundus" and summary["overrides"]["evaluation.labels"] == [
+        "No DR",
+        "Moderate NPDR",
+        "Proliferative DR",
+    ]
+    assert set(summary["per_seed"]["0"]) == {"craft", "lora_sft", "pretrained"}
+    for method in ("craft", "lora_sft", "pretrained"):
+        run = out / "fundus" / "seed-0" / "runs" / f"demo-{method}"
+        assert (run / "final" / "model.json").is_file()
+        config = (run / "final" / "config.yaml").read_text()
+        assert "phantom:fundus" in config and "name: fundus" in config
+    report = (out / "fundus" / "seed-0" / "report" / "report.md").read_text()
+    assert "phantom-eval:fundus" in report  # CAS by the fundus evaluation VLM, not the reward
+    assert "_classifier: phantom:fundus" in report  # the out-of-family classifier of fundus
+    assert "chest" not in report.lower()
+
+
 def test_a_warm_start_experiment_is_trained_first_and_not_evaluated(tmp_path):
     """`model.init_lora: "@<run>"` names another experiment of the directory: it becomes the shared
     warm start of the runs that continue from it (CRAFT and continued LoRA-SFT)."""
@@ -260,7 +315,7 @@ def test_a_dataset_without_shipped_models_is_refused_before_any_work(tmp_path, c
     (empty / "diffusion").mkdir(parents=True)
     (empty / "diffusion" / "model_index.json").write_text("{}")
     monkeypatch.setattr(phantom, "assets_root", lambda: empty)
-    result = craft_in_process("demo", "--dataset", "isic", "--out", str(tmp_path / "demo"))
+    result = craft_in_process("demo", "--dataset", "fundus", "--out", str(tmp_path / "demo"))
     assert result.returncode == 2, result.stdout + result.stderr
     assert "craft pretrain vlm --modality derm" in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "demo").exists()  # nothing made
