@@ -315,7 +315,7 @@ def test_a_dataset_without_shipped_models_is_refused_before_any_work(tmp_path, c
     (empty / "diffusion").mkdir(parents=True)
     (empty / "diffusion" / "model_index.json").write_text("{}")
     monkeypatch.setattr(phantom, "assets_root", lambda: empty)
-    result = craft_in_process("demo", "--dataset", "fundus", "--out", str(tmp_path / "demo"))
+    result = craft_in_process("demo", "--dataset", "isic", "--out", str(tmp_path / "demo"))
     assert result.returncode == 2, result.stdout + result.stderr
     assert "craft pretrain vlm --modality derm" in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "demo").exists()  # nothing made
