@@ -421,8 +421,11 @@ def test_one_bad_item_fails_alone_among_16_concurrent_callers(evaluator_url, ref
             assert mine[key] == pytest.approx(reference[key], abs=1e-5)
     error = results[0][1]["error"]
     assert error["type"] == "model" and error["code"] == 502 and "400 Client Error" in error["message"]
-    # its 4 questions were refused in the shared pass and again when it was scored alone
-    assert refusing_mllm.refused - refused_before == 8
+    # The bad image is asked at most twice and a 400 is never asked again: the shared pass stops at
+    # its first refused question (questions not yet sent are cancelled, so 1 to 4 are refused,
+    # depending on timing), scoring it alone refuses up to its 4 questions once more. Retrying a 400
+    # (5 attempts per question) would refuse at least 10 (and turn every answer above into a 503).
+    assert 1 <= refusing_mllm.refused - refused_before <= 8
     only_bad = _post(evaluator_url, _fundus([white.getvalue()]))
     assert only_bad.status_code == 502 and "items[0]" in only_bad.json()["error"]["message"]
 
