@@ -152,33 +152,42 @@ def test_a_win_is_a_ci_that_excludes_zero_not_a_positive_sign():
     assert counts["tail:overall"] == "wins 1/3, losses 1/3"
 
 
+REDUCED = {  # the demo at a reduced size: one step, two sampler steps, two images per label
+    "training.steps": 1,
+    "training.sampler_steps": 2,
+    "training.backprop_steps": 2,  # CRAFT's K and sparse steps must not exceed T
+    "training.sparse_steps": 2,
+    "evaluation.n_per_label": 2,
+    "evaluation.classifier_epochs": 1,
+    "evaluation.n_boot": 100,
+}
+
+
+def _demo_cli(ray_local, out, *dataset: str):
+    """`craft demo [--dataset D] --out OUT --n 48` at the reduced size, as a user runs it, on the
+    test's Ray cluster."""
+    import os
+    import subprocess
+    import sys
+
+    args = [sys.executable, "-m", "craft_ray.cli", "demo", *dataset, "--out", str(out), "--n", "48"]
+    args += [a for k, v in REDUCED.items() for a in ("--set", f"{k}={v}")]
+    env = {**os.environ, "RAY_ADDRESS": ray_local.get_runtime_context().gcs_address, "COLUMNS": "300"}
+    return subprocess.run(args, capture_output=True, text=True, timeout=1200, env=env)
+
+
 @pytest.mark.slow
 def test_demo_end_to_end_then_continues(ray_local, tmp_path):
     """`craft demo` as a user runs it (on this test's Ray cluster, reduced size): three methods
     trained on Ray Train, evaluated with the shipped out-of-family classifier, a report and the
     table; run again, it retrains and re-evaluates nothing."""
     import json
-    import os
-    import subprocess
-    import sys
 
     from craft_ray.demo import DemoOptions, run_demo
     from craft_ray.evaluation import Reporter
 
     out = tmp_path / "demo"
-    sets = {
-        "training.steps": 1,
-        "training.sampler_steps": 2,
-        "training.backprop_steps": 2,  # CRAFT's K and sparse steps must not exceed T
-        "training.sparse_steps": 2,
-        "evaluation.n_per_label": 2,
-        "evaluation.classifier_epochs": 1,
-        "evaluation.n_boot": 100,
-    }
-    args = [sys.executable, "-m", "craft_ray.cli", "demo", "--out", str(out), "--n", "48"]
-    args += [a for k, v in sets.items() for a in ("--set", f"{k}={v}")]
-    env = {**os.environ, "RAY_ADDRESS": ray_local.get_runtime_context().gcs_address, "COLUMNS": "300"}
-    result = subprocess.run(args, capture_output=True, text=True, timeout=1200, env=env)
+    result = _demo_cli(ray_local, out)
     assert result.returncode == 0, result.stderr[-3000:]
     said = " ".join((result.stdout + result.stderr).split())  # progress goes to stderr, the table to stdout
     assert "training craft for 1 steps on 2 Ray Train worker(s)" in said
@@ -215,7 +224,7 @@ def test_demo_end_to_end_then_continues(ray_local, tmp_path):
 
     from craft_ray.demo.datasets import dataset_overrides
 
-    overrides = {**dataset_overrides(DEMO_EXPERIMENTS, "chexpert"), **sets}  # what the CLI passes
+    overrides = {**dataset_overrides(DEMO_EXPERIMENTS, "chexpert"), **REDUCED}  # what the CLI passes
     again, summary_again = run_demo(
         DemoOptions(out / "chexpert", n=48, overrides=overrides), [0], Recording()
     )  # in process, on the same cluster
@@ -231,35 +240,9 @@ def test_demo_on_fundus_uses_the_fundus_models_end_to_end(ray_local, tmp_path):
     fundus phantoms, trained and evaluated with the shipped fundus reward VLM, evaluation VLM and
     out-of-family classifier, under <out>/fundus."""
     import json
-    import os
-    import subprocess
-    import sys
 
     out = tmp_path / "demo"
-    sets = {
-        "training.steps": 1,
-        "training.sampler_steps": 2,
-        "training.backprop_steps": 2,
-        "training.sparse_steps": 2,
-        "evaluation.n_per_label": 2,
-        "evaluation.classifier_epochs": 1,
-        "evaluation.n_boot": 100,
-    }
-    args = [
-        sys.executable,
-        "-m",
-        "craft_ray.cli",
-        "demo",
-        "--dataset",
-        "fundus",
-        "--out",
-        str(out),
-        "--n",
-        "48",
-    ]
-    args += [a for k, v in sets.items() for a in ("--set", f"{k}={v}")]
-    env = {**os.environ, "RAY_ADDRESS": ray_local.get_runtime_context().gcs_address, "COLUMNS": "300"}
-    result = subprocess.run(args, capture_output=True, text=True, timeout=1200, env=env)
+    result = _demo_cli(ray_local, out, "--dataset", "fundus")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "CRAFT vs baselines on fundus" in " ".join(result.stdout.split())
     summary = json.loads((out / "fundus" / "summary.json").read_text())

@@ -25,6 +25,14 @@ VLM_FAMILIES = {PHANTOM: "vlm", PHANTOM_EVAL: "vlm-eval"}
 # name family -> the asset directory prefix of its classifiers
 CLASSIFIER_FAMILIES = {PHANTOM: "classifier", PHANTOM_REWARD: "classifier-reward"}
 
+# asset directory prefix -> the `craft pretrain` sub-command (and the option) that trains it
+PRETRAIN_COMMANDS = {
+    "vlm": "vlm",
+    "vlm-eval": "vlm --arch eval",
+    "classifier": "classifier",
+    "classifier-reward": "classifier --data-seed 500",
+}
+
 __all__ = ["PHANTOM", "PHANTOM_EVAL", "PHANTOM_REWARD", "family_of", "is_phantom", "with_modality"]
 
 
@@ -73,12 +81,9 @@ def _modality_dir(spec: str, kind: str, what: str, shipped: list[str], family: s
     directory = assets_root() / f"{kind}-{modality}"
     if not (directory / "model.safetensors").is_file():
         names = ", ".join(phantom_vlm_name(m, family) for m in shipped) or "none"
-        command = {"vlm-eval": "vlm --arch eval", "classifier-reward": "classifier --data-seed 500"}.get(
-            kind, kind
-        )
         raise ModelError(
             f"no shipped {what} weights for {spec!r} (shipped: {names}); train them with "
-            f"`craft pretrain {command} --modality {modality} --out DIR` (README: 'The shipped phantom "
+            f"`craft pretrain {PRETRAIN_COMMANDS[kind]} --modality {modality} --out DIR` (README: 'The shipped phantom "
             "models' gives the options of each model) and name DIR instead"
         )
     return directory
