@@ -234,32 +234,36 @@ def test_demo_end_to_end_then_continues(ray_local, tmp_path):
     assert summary_again["per_seed"][0]["craft"]["cas"] == pytest.approx(rows["craft"]["cas"])
 
 
+# dataset -> (modality, the labels its demo evaluates): the other modalities' demos, end to end
+OTHER_DEMOS = {
+    "fundus": ("fundus", ["No DR", "Moderate NPDR", "Proliferative DR"]),
+}
+
+
 @pytest.mark.slow
-def test_demo_on_fundus_uses_the_fundus_models_end_to_end(ray_local, tmp_path):
-    """`craft demo --dataset fundus` as a user runs it (reduced size): the same experiments on the
-    fundus phantoms, trained and evaluated with the shipped fundus reward VLM, evaluation VLM and
-    out-of-family classifier, under <out>/fundus."""
+@pytest.mark.parametrize("dataset", sorted(OTHER_DEMOS))
+def test_demo_on_another_dataset_uses_its_own_models_end_to_end(ray_local, tmp_path, dataset):
+    """`craft demo --dataset D` as a user runs it (reduced size): the same experiments on D's
+    phantoms, trained and evaluated with D's shipped reward VLM, evaluation VLM and out-of-family
+    classifier, under <out>/D."""
     import json
 
+    modality, labels = OTHER_DEMOS[dataset]
     out = tmp_path / "demo"
-    result = _demo_cli(ray_local, out, "--dataset", "fundus")
+    result = _demo_cli(ray_local, out, "--dataset", dataset)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "CRAFT vs baselines on fundus" in " ".join(result.stdout.split())
-    summary = json.loads((out / "fundus" / "summary.json").read_text())
-    assert summary["dataset"] == "fundus" and summary["overrides"]["evaluation.labels"] == [
-        "No DR",
-        "Moderate NPDR",
-        "Proliferative DR",
-    ]
+    assert f"CRAFT vs baselines on {dataset}" in " ".join(result.stdout.split())
+    summary = json.loads((out / dataset / "summary.json").read_text())
+    assert summary["dataset"] == dataset and summary["overrides"]["evaluation.labels"] == labels
     assert set(summary["per_seed"]["0"]) == {"craft", "lora_sft", "pretrained"}
     for method in ("craft", "lora_sft", "pretrained"):
-        run = out / "fundus" / "seed-0" / "runs" / f"demo-{method}"
+        run = out / dataset / "seed-0" / "runs" / f"demo-{method}"
         assert (run / "final" / "model.json").is_file()
         config = (run / "final" / "config.yaml").read_text()
-        assert "phantom:fundus" in config and "name: fundus" in config
-    report = (out / "fundus" / "seed-0" / "report" / "report.md").read_text()
-    assert "phantom-eval:fundus" in report  # CAS by the fundus evaluation VLM, not the reward
-    assert "_classifier: phantom:fundus" in report  # the out-of-family classifier of fundus
+        assert f"phantom:{modality}" in config and f"name: {dataset}" in config
+    report = (out / dataset / "seed-0" / "report" / "report.md").read_text()
+    assert f"phantom-eval:{modality}" in report  # CAS by the evaluation VLM, not the reward
+    assert f"_classifier: phantom:{modality}" in report  # the dataset's out-of-family classifier
     assert "chest" not in report.lower()
 
 
