@@ -36,11 +36,24 @@ E_VEC = np.array([0.07, 0.99, 0.11], np.float32)
 SCANT_CYTOPLASM = 0.15  # nuclear coverage (n * pi * mean r^2) above which cytoplasm is scant
 # Hallucination-like defects and the anatomy/realism items each violates.
 DEFECTS: dict[str, tuple[str, ...]] = {
-    "duplicated": ("histo:anatomy:2",),  # a quadrant repeated elsewhere: tiled, abrupt seams
+    "duplicated": ("histo:anatomy:2",),  # a square repeated elsewhere: tiled, abrupt seams
     "colour": ("histo:realism:0",),  # stain colours that are not H&E
     "half": ("histo:anatomy:2",),  # the section ends at a straight seam, flat pink beyond it
     "texture": ("histo:anatomy:0", "histo:realism:0"),  # a grey radiograph-like square: not tissue
 }
+
+
+def _two_squares_apart(rng: np.random.Generator, size: int) -> tuple[tuple[int, int], tuple[int, int], int]:
+    """Corners (y, x) of a source and a destination square of side 30-42 % of the patch that do
+    not overlap, at any pixel offset: the repeated square's seams fall anywhere, not on the patch
+    halves (a copied quadrant's seams lay on every patch grid that divides the half: 8 px at 64,
+    12 px at 96, so a ViT reader never saw a seam inside one of its patches)."""
+    side = int(rng.integers(int(0.3 * size), int(0.42 * size) + 1))
+    src = rng.integers(0, size - side + 1, 2)
+    while True:  # 2 * side < size: a place apart always exists
+        dst = rng.integers(0, size - side + 1, 2)
+        if np.abs(dst - src).max() >= side:
+            return (int(src[0]), int(src[1])), (int(dst[0]), int(dst[1])), side
 
 
 def patient(rng: np.random.Generator) -> dict[str, Any]:
@@ -228,9 +241,9 @@ def image(
         + pat["e_scale"] * eosin[..., None] * e_vec
         + 0.02 * smooth_noise(rng, size, 0.2)[..., None]
     )
-    if kind == "duplicated":  # one quadrant repeated over another
-        h = size // 2
-        od[h:, h:] = od[:h, :h][: size - h, : size - h]
+    if kind == "duplicated":  # a square of the section repeated over another part of it
+        (sy, sx), (dy, dx), side = _two_squares_apart(defect.rng, size)
+        od[dy : dy + side, dx : dx + side] = od[sy : sy + side, sx : sx + side].copy()
     img = np.exp(-np.clip(od, 0, None) * 1.4) * np.array([0.97, 0.96, 0.98], np.float32)
     if kind == "colour":  # and a cast on the glass, which the stains barely touch
         img = (
