@@ -406,3 +406,16 @@ def test_cli_implausible_option(tmp_path, craft_in_process):
     implausible = [json.loads(r["attributes"]).get("implausible") for r in rows]
     assert 0 < sum(x is not None for x in implausible) < 30
     assert "implausible" in ok.stdout
+
+
+def test_a_repeated_histology_square_lies_apart_from_its_source_inside_the_patch():
+    """Every draw, wherever the source falls (a centred one too): no overlap, inside the patch."""
+    from craft_ray.data.phantoms.histo import _two_squares_apart
+
+    rng = np.random.default_rng(0)
+    for size in (16, 33, 64, 96):
+        for _ in range(3000):
+            (sy, sx), (dy, dx), side = _two_squares_apart(rng, size)
+            assert 0.3 * size - 1 <= side <= 0.42 * size
+            assert min(sy, sx, dy, dx) >= 0 and max(sy, sx, dy, dx) + side <= size
+            assert max(abs(dy - sy), abs(dx - sx)) >= side, (size, sy, sx, dy, dx, side)

@@ -49,11 +49,13 @@ def _two_squares_apart(rng: np.random.Generator, size: int) -> tuple[tuple[int, 
     halves (a copied quadrant's seams lay on every patch grid that divides the half: 8 px at 64,
     12 px at 96, so a ViT reader never saw a seam inside one of its patches)."""
     side = int(rng.integers(int(0.3 * size), int(0.42 * size) + 1))
-    src = rng.integers(0, size - side + 1, 2)
-    while True:  # 2 * side < size: a place apart always exists
-        dst = rng.integers(0, size - side + 1, 2)
-        if np.abs(dst - src).max() >= side:
-            return (int(src[0]), int(src[1])), (int(dst[0]), int(dst[1])), side
+    axis = int(rng.integers(2))  # the squares lie apart along this axis, anywhere along the other
+    first = int(rng.integers(0, size - 2 * side + 1))
+    second = int(rng.integers(first + side, size - side + 1))
+    along = [first, second] if rng.random() < 0.5 else [second, first]
+    across = rng.integers(0, size - side + 1, 2)
+    src, dst = ((along[k], int(across[k]))[:: 1 if axis == 0 else -1] for k in range(2))
+    return src, dst, side
 
 
 def patient(rng: np.random.Generator) -> dict[str, Any]:
