@@ -310,6 +310,20 @@ def test_a_dataset_without_shipped_models_is_refused_before_any_work(tmp_path, c
     assert result.returncode == 2 and "chexpert, fundus, histopath, isic" in result.stderr
 
 
+def test_several_datasets_are_named_with_commas_and_checked_before_any_work():
+    from craft_ray.demo.datasets import datasets_of
+    from craft_ray.errors import ConfigError
+
+    assert datasets_of(DEMO_EXPERIMENTS, "fundus, chexpert") == ["fundus", "chexpert"]  # the order given
+    assert datasets_of(DEMO_EXPERIMENTS, "all") == ["chexpert", "fundus", "histopath", "isic"]
+    with pytest.raises(ConfigError, match="fundus named twice"):
+        datasets_of(DEMO_EXPERIMENTS, "fundus,chexpert,fundus")
+    with pytest.raises(ConfigError, match="name one dataset, several separated by commas, or all"):
+        datasets_of(DEMO_EXPERIMENTS, "fundus,,chexpert")
+    with pytest.raises(ConfigError, match="dermoscopy"):
+        datasets_of(DEMO_EXPERIMENTS, "fundus,dermoscopy")
+
+
 def test_demo_dataset_settings_name_each_datasets_labels():
     from craft_ray.demo.datasets import available, dataset_overrides
     from craft_ray.knowledge.labels import get_dataset
@@ -396,5 +410,5 @@ def test_the_table_across_datasets_reduces_the_tail_against_the_strongest_baseli
     monkeypatch.setattr(console, "width", 300)  # one row per line, as a wide terminal shows it
     print_across(table)
     said = " ".join(capsys.readouterr().out.split())
-    assert "mean relative tail reduction across datasets: 11.1 %" in said
+    assert "mean relative tail reduction across isic, fundus: 11.1 %" in said
     assert "+5.0 [+2.0, +8.0] vs lora_sft (win)" in said and "33.3 %" in said

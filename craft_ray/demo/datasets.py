@@ -46,13 +46,25 @@ def dataset_overrides(experiments: Path, dataset: str) -> dict[str, Any]:
 
 
 def datasets_of(experiments: Path, choice: str) -> list[str]:
+    """The datasets of `--dataset`: one name, several comma-separated (in the order given), or
+    `all` (every dataset with settings)."""
     if choice == ALL:
         names = available(experiments)
         if not names:
             raise ConfigError(f"--dataset all: {experiments / DATASET_SETTINGS} holds no dataset settings")
         return names
-    dataset_overrides(experiments, choice)  # a clear error for an unknown one
-    return [choice]
+    names = [name.strip() for name in choice.split(",")]
+    if "" in names or ALL in names:
+        raise ConfigError(
+            f"--dataset {choice!r}: name one dataset, several separated by commas, or all "
+            f"(datasets: {', '.join(available(experiments))})"
+        )
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise ConfigError(f"--dataset {choice!r}: {', '.join(repeated)} named twice")
+    for name in names:
+        dataset_overrides(experiments, name)  # a clear error for an unknown one
+    return names
 
 
 def check_shipped_models(cfg: ExperimentConfig) -> None:
