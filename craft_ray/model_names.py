@@ -12,6 +12,8 @@ here: `craft_ray.config` resolves these names, `craft_ray.models.phantom` finds 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 PHANTOM = "phantom"
 PHANTOM_EVAL = "phantom-eval"
 PHANTOM_REWARD = "phantom-reward"
@@ -29,3 +31,11 @@ def family_of(spec: str | None) -> str | None:
 def with_modality(spec: str, modality: str) -> str:
     """A bare family name -> '<family>:<modality>'; anything else unchanged."""
     return f"{spec}:{modality}" if spec in FAMILIES else spec
+
+
+def missing_local_path(spec: str | None) -> bool:
+    """A model named by a local path ('/...', './...', '../...', '~/...') that does not exist: worth
+    a plain 'no such directory' before any hub lookup reads it as a malformed repo id."""
+    if not isinstance(spec, str) or not spec.startswith(("/", "./", "../", "~")):
+        return False
+    return not Path(spec).expanduser().exists()

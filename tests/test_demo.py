@@ -322,6 +322,21 @@ def test_several_datasets_are_named_with_commas_and_checked_before_any_work():
         datasets_of(DEMO_EXPERIMENTS, "fundus,,chexpert")
     with pytest.raises(ConfigError, match="dermoscopy"):
         datasets_of(DEMO_EXPERIMENTS, "fundus,dermoscopy")
+    with pytest.raises(ConfigError, match="derm is a modality: the dataset is isic"):
+        datasets_of(DEMO_EXPERIMENTS, "derm")
+    with pytest.raises(ConfigError, match="names are lower case: fundus"):
+        datasets_of(DEMO_EXPERIMENTS, "Fundus")
+    with pytest.raises(ConfigError, match="all already names every dataset"):
+        datasets_of(DEMO_EXPERIMENTS, "all,chexpert")
+
+
+def test_a_model_path_that_does_not_exist_is_refused_before_any_work(tmp_path, craft_in_process):
+    missing = tmp_path / "no-such-vlm"
+    out = tmp_path / "demo"
+    result = craft_in_process("demo", "--out", str(out), "--set", f"evaluation.vlm={missing}")
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert f"evaluation.vlm: '{missing}': no such directory" in " ".join(result.stderr.split())
+    assert not out.exists()  # nothing made
 
 
 def test_demo_dataset_settings_name_each_datasets_labels():

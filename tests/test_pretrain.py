@@ -150,8 +150,13 @@ def test_phantom_names_fail_clearly(monkeypatch, tmp_path):
         resolve_classifier("phantom:chest")
     with pytest.raises(ModelError, match="modality 'isic'.*isic is a dataset: phantom-eval:derm"):
         build_vlm("phantom-eval:isic")
-    with pytest.raises(ModelError, match="evaluation VLM.*`craft pretrain vlm --arch eval --modality derm"):
+    with pytest.raises(
+        ModelError, match="evaluation VLM.*`craft pretrain vlm --arch eval --modality derm"
+    ) as caught:
         build_vlm("phantom-eval:derm")
+    # the recipe that made the shipped VLMs pass, and where to name what it makes
+    assert "--steps 9000 --n-train 20000 --implausible 0.4" in str(caught.value)
+    assert "`evaluation.vlm: DIR`" in str(caught.value)
     with pytest.raises(ModelError, match="`craft pretrain classifier --data-seed 500 --modality fundus"):
         resolve_classifier("phantom-reward:fundus")
     with pytest.raises(ModelError, match="craft pretrain diffusion"):

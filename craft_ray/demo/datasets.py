@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from craft_ray.config import ExperimentConfig, read_yaml_mapping
-from craft_ray.errors import ConfigError
-from craft_ray.model_names import family_of
+from craft_ray.errors import ConfigError, ModelError
+from craft_ray.model_names import family_of, missing_local_path
 
 DATASET_SETTINGS = "datasets"  # experiments/demo/datasets/<dataset>.yaml
 ALL = "all"
@@ -29,8 +29,17 @@ def dataset_overrides(experiments: Path, dataset: str) -> dict[str, Any]:
     """The demo's settings of one dataset as dotted config keys."""
     path = experiments / DATASET_SETTINGS / f"{dataset}.yaml"
     if not path.is_file():
+        from craft_ray.knowledge.labels import DATASETS
+
+        names = available(experiments)
+        if dataset.lower() in names:
+            hint = f"; names are lower case: {dataset.lower()}"
+        else:
+            same = [d for d in names if d in DATASETS and DATASETS[d].modality == dataset.lower()]
+            hint = f"; {dataset} is a modality: the dataset is {same[0]}" if same else ""
         raise ConfigError(
-            f"--dataset {dataset!r}: no {path} (datasets of this demo: {', '.join(available(experiments)) or 'none'}, or all)"
+            f"--dataset {dataset!r}: not a dataset of this demo ({', '.join(names) or 'none'}, or all; "
+            f"settings in {path.parent}){hint}"
         )
     flat: dict[str, Any] = {}
 
@@ -53,8 +62,10 @@ def datasets_of(experiments: Path, choice: str) -> list[str]:
         if not names:
             raise ConfigError(f"--dataset all: {experiments / DATASET_SETTINGS} holds no dataset settings")
         return names
-    names = [name.strip() for name in choice.split(",")]
-    if "" in names or ALL in names:
+    names = [name.strip() for name in choice.split(",")]  # "chexpert, fundus" reads as two names
+    if ALL in names:
+        raise ConfigError(f"--dataset {choice!r}: all already names every dataset; give it alone")
+    if "" in names:
         raise ConfigError(
             f"--dataset {choice!r}: name one dataset, several separated by commas, or all "
             f"(datasets: {', '.join(available(experiments))})"
@@ -68,20 +79,23 @@ def datasets_of(experiments: Path, choice: str) -> list[str]:
 
 
 def check_shipped_models(cfg: ExperimentConfig) -> None:
-    """Every shipped phantom model an experiment names exists for its modality: otherwise a one-line
-    ModelError naming the `craft pretrain` command that makes it, before anything starts."""
+    """Every shipped phantom model an experiment names exists for its modality (otherwise a one-line
+    ModelError naming the `craft pretrain` command that makes it), and every model named by a local
+    path exists, before anything starts."""
     from craft_ray.models.phantom import phantom_classifier_dir, phantom_diffusion_dir, phantom_vlm_dir
 
-    named = [(cfg.model.vlm, phantom_vlm_dir), (cfg.evaluation.vlm, phantom_vlm_dir)]
-    named += [
-        (cfg.evaluation.classifier, phantom_classifier_dir),
-        (cfg.reward.classifier, phantom_classifier_dir),
+    named = [
+        ("model.vlm", cfg.model.vlm, phantom_vlm_dir),
+        ("evaluation.vlm", cfg.evaluation.vlm, phantom_vlm_dir),
+        ("evaluation.classifier", cfg.evaluation.classifier, phantom_classifier_dir),
+        ("reward.classifier", cfg.reward.classifier, phantom_classifier_dir),
+        ("model.base", cfg.model.base, phantom_diffusion_dir),
     ]
-    for spec, resolve in named:
+    for key, spec, resolve in named:
+        if missing_local_path(spec):
+            raise ModelError(f"{key}: {spec!r}: no such directory")
         if family_of(spec) is not None:
             resolve(spec)
-    if family_of(cfg.model.base) is not None:
-        phantom_diffusion_dir(cfg.model.base)
 
 
 # -- the table across datasets -------------------------------------------------------------

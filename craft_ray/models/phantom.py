@@ -32,6 +32,16 @@ PRETRAIN_COMMANDS = {
     "classifier": "classifier",
     "classifier-reward": "classifier --data-seed 500",
 }
+# asset directory prefix -> the config key that names such a model
+CONFIG_KEYS = {
+    "vlm": "model.vlm",
+    "vlm-eval": "evaluation.vlm",
+    "classifier": "evaluation.classifier",
+    "classifier-reward": "reward.classifier",
+}
+# the VLM recipe that made the shipped VLMs of the modalities after chest pass their gates (README:
+# 'The shipped phantom models'); the defaults (3000 steps, 20 % implausible) are a quick try
+VLM_RECIPE = "--steps 9000 --n-train 20000 --implausible 0.4 --gate-n 400"
 
 __all__ = ["PHANTOM", "PHANTOM_EVAL", "PHANTOM_REWARD", "family_of", "is_phantom", "with_modality"]
 
@@ -81,10 +91,13 @@ def _modality_dir(spec: str, kind: str, what: str, shipped: list[str], family: s
     directory = assets_root() / f"{kind}-{modality}"
     if not (directory / "model.safetensors").is_file():
         names = ", ".join(phantom_vlm_name(m, family) for m in shipped) or "none"
+        recipe = f" {VLM_RECIPE}" if kind in VLM_FAMILIES.values() else ""
         raise ModelError(
             f"no shipped {what} weights for {spec!r} (shipped: {names}); train them with "
-            f"`craft pretrain {PRETRAIN_COMMANDS[kind]} --modality {modality} --out DIR` (README: 'The shipped phantom "
-            "models' gives the options of each model) and name DIR instead"
+            f"`craft pretrain {PRETRAIN_COMMANDS[kind]} --modality {modality}{recipe} --out DIR` (README: "
+            f"'The shipped phantom models') and name DIR in its place (`{CONFIG_KEYS[kind]}: DIR`; "
+            f"in the demo `--set {CONFIG_KEYS[kind]}=DIR`), "
+            f"or write DIR as {directory} to ship it"
         )
     return directory
 

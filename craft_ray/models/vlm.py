@@ -18,6 +18,7 @@ from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
 
 from craft_ray.data.images import centre_square_tensor
 from craft_ray.errors import ModelError
+from craft_ray.model_names import missing_local_path
 from craft_ray.models.phantom import is_phantom, phantom_vlm_dir
 from craft_ray.models.tokenizer import text_config_ids, tiny_clip_tokenizer
 
@@ -204,6 +205,8 @@ def build_vlm(spec: str) -> VLMScorer:
     if spec.startswith("open_clip:"):
         return _open_clip(spec.removeprefix("open_clip:"))
     name, source = spec, str(phantom_vlm_dir(spec)) if is_phantom(spec) else spec
+    if missing_local_path(spec):
+        raise ModelError(f"cannot load VLM {spec!r}: no such directory")
     try:
         from transformers import AutoImageProcessor
 
