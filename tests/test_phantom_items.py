@@ -280,28 +280,40 @@ def _histo_defect_shows(kind, img, twin):
     if kind == "half":  # half the patch replaced by one flat colour
         changed = np.abs(img - twin).max(-1) > 5
         return 0.2 < changed.mean() < 0.8
-    if kind == "duplicated":  # some shift maps a square of >= 30 % of the side onto an exact copy
-        # of itself (an area the twin does not repeat), and it is no quadrant: its seams do not all
-        # lie on the halves
+    if kind == "duplicated":  # one square changed: a copy of another square of the patch under other
+        # stain and exposure (log intensities correlate ~1, where the twin repeats nothing), with
+        # an abrupt seam (the step across its border well above the twin's at the same pixels)
+        changed = np.abs(img - twin).max(-1) > 3
+        ys, xs = np.nonzero(changed)
+        y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+        side = y1 - y0
+        if side != x1 - x0 or side < int(0.3 * size) - 1 or changed[y0:y1, x0:x1].mean() < 0.95:
+            return False
 
-        def repeated(x, dy, dx):  # pixels equal to the pixel (dy, dx) away
-            return (
-                np.abs(
-                    x[: size - dy, max(0, -dx) : size - max(0, dx)] - x[dy:, max(0, dx) : size - max(0, -dx)]
-                ).max(-1)
-                < 1
-            )
+        def best_repeat(x):  # highest correlation of the square's log intensity with one apart
+            log = -np.log(np.clip(x, 1, None) / 255).mean(-1)
+            tile = log[y0:y1, x0:x1] - log[y0:y1, x0:x1].mean()
+            best = -1.0
+            for a in range(size - side + 1):
+                for b in range(size - side + 1):
+                    if max(abs(a - y0), abs(b - x0)) >= side:
+                        other = log[a : a + side, b : b + side] - log[a : a + side, b : b + side].mean()
+                        best = max(best, (tile * other).sum() / np.sqrt((tile**2).sum() * (other**2).sum()))
+            return best
 
-        side = int(0.3 * size) - 2  # blur touches the copy's edges
-        best, at = 0, None
-        for dy in range(size):
-            for dx in range(-size + 1, size):
-                if max(dy, abs(dx)) < side or (dy == 0 and dx < 0):
-                    continue
-                gain = repeated(img, dy, dx).sum() - repeated(twin, dy, dx).sum()
-                if gain > best:
-                    best, at = gain, (dy, dx)
-        return best >= side * side and at not in {(size // 2, size // 2), (size // 2, -(size // 2))}
+        def seam_step(x):  # mean step between the square's border pixels and their outside neighbours
+            steps = []
+            if y0 > 0:
+                steps.append(np.abs(x[y0, x0:x1] - x[y0 - 1, x0:x1]))
+            if y1 < size:
+                steps.append(np.abs(x[y1 - 1, x0:x1] - x[y1, x0:x1]))
+            if x0 > 0:
+                steps.append(np.abs(x[y0:y1, x0] - x[y0:y1, x0 - 1]))
+            if x1 < size:
+                steps.append(np.abs(x[y0:y1, x1 - 1] - x[y0:y1, x1]))
+            return np.concatenate(steps).mean()
+
+        return best_repeat(img) > 0.99 and best_repeat(twin) < 0.9 and seam_step(img) > 1.5 * seam_step(twin)
     raise AssertionError(kind)
 
 

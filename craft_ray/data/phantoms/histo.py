@@ -36,7 +36,7 @@ E_VEC = np.array([0.07, 0.99, 0.11], np.float32)
 SCANT_CYTOPLASM = 0.15  # nuclear coverage (n * pi * mean r^2) above which cytoplasm is scant
 # Hallucination-like defects and the anatomy/realism items each violates.
 DEFECTS: dict[str, tuple[str, ...]] = {
-    "duplicated": ("histo:anatomy:2",),  # a square repeated elsewhere: tiled, abrupt seams
+    "duplicated": ("histo:anatomy:2",),  # a square repeated elsewhere, restained: tiled, abrupt seams
     "colour": ("histo:realism:0",),  # stain colours that are not H&E
     "half": ("histo:anatomy:2",),  # the section ends at a straight seam, flat pink beyond it
     "texture": ("histo:anatomy:0", "histo:realism:0"),  # a grey radiograph-like square: not tissue
@@ -243,9 +243,13 @@ def image(
         + pat["e_scale"] * eosin[..., None] * e_vec
         + 0.02 * smooth_noise(rng, size, 0.2)[..., None]
     )
-    if kind == "duplicated":  # a square of the section repeated over another part of it
+    if kind == "duplicated":  # a square of the section repeated over another part of it, as a tile
+        # from another scan: other stain strength and exposure, so its seams are abrupt (a plain
+        # copy of the texture left no seam to see: edge gradients as in the tissue around it)
         (sy, sx), (dy, dx), side = _two_squares_apart(defect.rng, size)
-        od[dy : dy + side, dx : dx + side] = od[sy : sy + side, sx : sx + side].copy()
+        stain = defect.rng.uniform(0.6, 0.8) if defect.rng.random() < 0.5 else defect.rng.uniform(1.25, 1.5)
+        exposure = defect.rng.uniform(0.08, 0.15)  # optical density added over the whole tile, glass too
+        od[dy : dy + side, dx : dx + side] = stain * od[sy : sy + side, sx : sx + side] + exposure
     img = np.exp(-np.clip(od, 0, None) * 1.4) * np.array([0.97, 0.96, 0.98], np.float32)
     if kind == "colour":  # and a cast on the glass, which the stains barely touch
         img = (
