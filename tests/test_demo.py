@@ -237,6 +237,7 @@ def test_demo_end_to_end_then_continues(ray_local, tmp_path):
 # dataset -> (modality, the labels its demo evaluates): the other modalities' demos, end to end
 OTHER_DEMOS = {
     "fundus": ("fundus", ["No DR", "Moderate NPDR", "Proliferative DR"]),
+    "histopath": ("histo", ["LYM", "STR", "TUM"]),
 }
 
 
