@@ -311,24 +311,30 @@ def test_a_dataset_without_shipped_models_is_refused_before_any_work(tmp_path, c
     assert result.returncode == 2 and "chexpert, fundus, histopath, isic" in result.stderr
 
 
-def test_several_datasets_are_named_with_commas_and_checked_before_any_work():
+def test_several_datasets_are_named_with_commas_in_the_order_given():
+    from craft_ray.demo.datasets import datasets_of
+
+    assert datasets_of(DEMO_EXPERIMENTS, "fundus, chexpert") == ["fundus", "chexpert"]
+    assert datasets_of(DEMO_EXPERIMENTS, "all") == ["chexpert", "fundus", "histopath", "isic"]
+
+
+@pytest.mark.parametrize(
+    ("choice", "message"),
+    [
+        ("fundus,chexpert,fundus", "fundus named twice"),
+        ("fundus,,chexpert", "name one dataset, several separated by commas, or all"),
+        ("fundus,dermoscopy", "'dermoscopy': not a dataset of this demo"),
+        ("derm", "derm is a modality: the dataset is isic"),
+        ("Fundus", "names are lower case: fundus"),
+        ("all,chexpert", "all already names every dataset"),
+    ],
+)
+def test_a_bad_dataset_choice_names_the_problem(choice, message):
     from craft_ray.demo.datasets import datasets_of
     from craft_ray.errors import ConfigError
 
-    assert datasets_of(DEMO_EXPERIMENTS, "fundus, chexpert") == ["fundus", "chexpert"]  # the order given
-    assert datasets_of(DEMO_EXPERIMENTS, "all") == ["chexpert", "fundus", "histopath", "isic"]
-    with pytest.raises(ConfigError, match="fundus named twice"):
-        datasets_of(DEMO_EXPERIMENTS, "fundus,chexpert,fundus")
-    with pytest.raises(ConfigError, match="name one dataset, several separated by commas, or all"):
-        datasets_of(DEMO_EXPERIMENTS, "fundus,,chexpert")
-    with pytest.raises(ConfigError, match="dermoscopy"):
-        datasets_of(DEMO_EXPERIMENTS, "fundus,dermoscopy")
-    with pytest.raises(ConfigError, match="derm is a modality: the dataset is isic"):
-        datasets_of(DEMO_EXPERIMENTS, "derm")
-    with pytest.raises(ConfigError, match="names are lower case: fundus"):
-        datasets_of(DEMO_EXPERIMENTS, "Fundus")
-    with pytest.raises(ConfigError, match="all already names every dataset"):
-        datasets_of(DEMO_EXPERIMENTS, "all,chexpert")
+    with pytest.raises(ConfigError, match=message):
+        datasets_of(DEMO_EXPERIMENTS, choice)
 
 
 def test_a_model_path_that_does_not_exist_is_refused_before_any_work(tmp_path, craft_in_process):
