@@ -45,17 +45,15 @@ DEFECTS: dict[str, tuple[str, ...]] = {
 
 def _two_squares_apart(rng: np.random.Generator, size: int) -> tuple[tuple[int, int], tuple[int, int], int]:
     """Corners (y, x) of a source and a destination square of side 30-42 % of the patch that do
-    not overlap, at any pixel offset: the repeated square's seams fall anywhere, not on the patch
-    halves (a copied quadrant's seams lay on every patch grid that divides the half: 8 px at 64,
-    12 px at 96, so a ViT reader never saw a seam inside one of its patches)."""
+    not overlap, anywhere in the patch: apart along one axis, at any place along the other."""
     side = int(rng.integers(int(0.3 * size), int(0.42 * size) + 1))
-    axis = int(rng.integers(2))  # the squares lie apart along this axis, anywhere along the other
+    apart_in_x = bool(rng.integers(2))
     first = int(rng.integers(0, size - 2 * side + 1))
     second = int(rng.integers(first + side, size - side + 1))
     along = [first, second] if rng.random() < 0.5 else [second, first]
     across = rng.integers(0, size - side + 1, 2)
-    src, dst = ((along[k], int(across[k]))[:: 1 if axis == 0 else -1] for k in range(2))
-    return src, dst, side
+    corners = [(int(c), a) if apart_in_x else (a, int(c)) for a, c in zip(along, across, strict=True)]
+    return corners[0], corners[1], side
 
 
 def patient(rng: np.random.Generator) -> dict[str, Any]:
