@@ -346,6 +346,23 @@ def test_a_model_path_that_does_not_exist_is_refused_before_any_work(tmp_path, c
     assert not out.exists()  # nothing made
 
 
+def test_a_missing_shipped_model_is_told_under_the_key_that_named_it(tmp_path, monkeypatch):
+    """The reward VLM's family named as the evaluator: the fix goes under evaluation.vlm, not under
+    model.vlm (the key a reward VLM usually has)."""
+    import craft_ray.models.phantom as phantom
+    from craft_ray.demo.datasets import check_shipped_models
+    from craft_ray.errors import ModelError
+
+    cfg = load_experiments(DEMO_EXPERIMENTS, DemoLayout(tmp_path), 0)[0].cfg
+    cfg.model.vlm = str(tmp_path)  # a local model: exists, not checked against the assets
+    cfg.evaluation.vlm = "phantom:chest"
+    monkeypatch.setattr(phantom, "assets_root", lambda: tmp_path / "empty")
+    with pytest.raises(ModelError, match="no shipped VLM weights for 'phantom:chest'") as caught:
+        check_shipped_models(cfg)
+    assert "`evaluation.vlm: DIR`" in str(caught.value) and "--set evaluation.vlm=DIR" in str(caught.value)
+    assert "model.vlm" not in str(caught.value)
+
+
 def test_demo_dataset_settings_name_each_datasets_labels():
     from craft_ray.demo.datasets import available, dataset_overrides
     from craft_ray.knowledge.labels import get_dataset

@@ -70,9 +70,12 @@ def shipped_classifiers(family: str = PHANTOM) -> list[str]:
     return [m for m in MODALITIES if (assets_root() / f"{kind}-{m}" / "model.safetensors").is_file()]
 
 
-def _modality_dir(spec: str, kind: str, what: str, shipped: list[str], family: str) -> Path:
+def _modality_dir(
+    spec: str, kind: str, what: str, shipped: list[str], family: str, config_key: str | None
+) -> Path:
     """assets/<kind>-<modality> of `<family>:<modality>`; a clear ModelError for a bare name, an
-    unknown modality or weights that were never shipped."""
+    unknown modality or weights that were never shipped (naming `config_key`, the key that named
+    it, else the key that usually names such a model)."""
     if spec == family:
         raise ModelError(
             f"{what} {family!r} needs a modality: name it {family}:<modality> "
@@ -92,28 +95,31 @@ def _modality_dir(spec: str, kind: str, what: str, shipped: list[str], family: s
     if not (directory / "model.safetensors").is_file():
         names = ", ".join(phantom_vlm_name(m, family) for m in shipped) or "none"
         recipe = f" {VLM_RECIPE}" if kind in VLM_FAMILIES.values() else ""
+        key = config_key or CONFIG_KEYS[kind]
         raise ModelError(
             f"no shipped {what} weights for {spec!r} (shipped: {names}); train them with "
             f"`craft pretrain {PRETRAIN_COMMANDS[kind]} --modality {modality}{recipe} --out DIR` (README: "
-            f"'The shipped phantom models') and name DIR in its place (`{CONFIG_KEYS[kind]}: DIR`; "
-            f"in the demo `--set {CONFIG_KEYS[kind]}=DIR`), "
+            f"'The shipped phantom models') and name DIR in its place (`{key}: DIR`; "
+            f"in the demo `--set {key}=DIR`), "
             f"or write DIR as {directory} to ship it"
         )
     return directory
 
 
-def phantom_vlm_dir(spec: str) -> Path:
-    """The directory of the VLM `phantom:<modality>` (reward) or `phantom-eval:<modality>`."""
+def phantom_vlm_dir(spec: str, config_key: str | None = None) -> Path:
+    """The directory of the VLM `phantom:<modality>` (reward) or `phantom-eval:<modality>`;
+    `config_key`: the config key that named it, for the error when its weights are not shipped."""
     family = family_of(spec) or PHANTOM
     if family not in VLM_FAMILIES:
         raise ModelError(f"{spec!r} names a classifier, not a VLM (VLMs: phantom, phantom-eval)")
     what = "evaluation VLM" if family == PHANTOM_EVAL else "VLM"
-    return _modality_dir(spec, VLM_FAMILIES[family], what, shipped_vlms(family), family)
+    return _modality_dir(spec, VLM_FAMILIES[family], what, shipped_vlms(family), family, config_key)
 
 
-def phantom_classifier_dir(spec: str) -> Path:
+def phantom_classifier_dir(spec: str, config_key: str | None = None) -> Path:
     """The directory of the out-of-family classifier `phantom:<modality>`, or of the reward
-    classifier `phantom-reward:<modality>` (the positive control's reward)."""
+    classifier `phantom-reward:<modality>` (the positive control's reward); `config_key` as for
+    `phantom_vlm_dir`."""
     family = family_of(spec)
     if family not in CLASSIFIER_FAMILIES:
         raise ModelError(
@@ -121,7 +127,9 @@ def phantom_classifier_dir(spec: str) -> Path:
             "or phantom-reward:<modality> (a reward)"
         )
     what = "reward classifier" if family == PHANTOM_REWARD else "classifier"
-    return _modality_dir(spec, CLASSIFIER_FAMILIES[family], what, shipped_classifiers(family), family)
+    return _modality_dir(
+        spec, CLASSIFIER_FAMILIES[family], what, shipped_classifiers(family), family, config_key
+    )
 
 
 def phantom_diffusion_dir(spec: str) -> Path:
