@@ -150,8 +150,10 @@ def test_phantom_names_fail_clearly(monkeypatch, tmp_path):
         resolve_classifier("phantom:chest")
     with pytest.raises(ModelError, match="modality 'isic'.*isic is a dataset: phantom-eval:derm"):
         build_vlm("phantom-eval:isic")
-    with pytest.raises(
-        ModelError, match="evaluation VLM.*`craft pretrain vlm --arch eval --modality derm"
+    with pytest.raises(ModelError, match="evaluation VLM.*`craft pretrain vlm --arch eval --modality fundus"):
+        build_vlm("phantom-eval:fundus")
+    with pytest.raises(  # the architecture that passed dermoscopy's gate
+        ModelError, match="evaluation VLM.*`craft pretrain vlm --arch eval-fine80 --modality derm"
     ) as caught:
         build_vlm("phantom-eval:derm")
     # the recipe that made the shipped VLMs pass, and where to name what it makes
@@ -476,12 +478,17 @@ def test_pretrain_vlm_presets_and_seed_plan():
     cfg = VLMPretrainConfig.from_preset("eval", modality="chest")
     assert cfg.data_seed == 400 and cfg.arch == evaluation and cfg.arch_name == "eval"
     assert VLMPretrainConfig.from_preset("reward", modality="chest").data_seed == 200
+    fine = VLMPretrainConfig.from_preset("eval-fine80", modality="derm")
+    assert fine.data_seed == 400 and fine.arch_name == "eval-fine80"  # the evaluator's data
+    grid = {name: a.image_size // a.patch_size for name, a in ARCH_PRESETS.items()}
+    assert grid == {"reward": 8, "eval": 8, "eval-fine80": 10}  # a finer grid, not another width
+    assert fine.arch.vision_hidden != reward.vision_hidden  # and still not the reward's shape
 
 
 @pytest.mark.parametrize(
     ("option", "message"),
     [
-        (["--arch", "big"], "error: --arch must be one of reward, eval, got 'big'"),
+        (["--arch", "big"], "error: --arch must be one of reward, eval, eval-fine80, got 'big'"),
         (["--data-seed", "999"], "error: --data-seed: data seed 999 would train on the gates"),
         (
             ["--data-seed", "299"],

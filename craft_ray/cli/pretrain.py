@@ -60,7 +60,10 @@ def pretrain_vlm(
     out: Annotated[Path, typer.Option(help="directory to write (weights, tokenizer, card)")],
     arch: Annotated[
         str,
-        typer.Option(help="reward (the reward VLM's architecture) | eval (an independent evaluation VLM)"),
+        typer.Option(
+            help="reward (the reward VLM's architecture) | eval (an independent evaluation VLM) | "
+            "eval-fine80 (eval on a finer patch grid: dermoscopy's evaluation VLM)"
+        ),
     ] = "reward",
     steps: Annotated[int, typer.Option(help="optimiser steps")] = 3000,
     n_train: Annotated[int, typer.Option(help="training phantoms of the modality")] = 20000,

@@ -32,6 +32,18 @@ PRETRAIN_COMMANDS = {
     "classifier": "classifier",
     "classifier-reward": "classifier --data-seed 500",
 }
+# modality -> the `--arch` of its evaluation VLM where the default `eval` failed the gate (README:
+# 'The shipped phantom models': on dermoscopy an 8 x 8 patch grid missed the second, smaller lesion)
+EVAL_ARCHS = {"derm": "eval-fine80"}
+
+
+def pretrain_command(kind: str, modality: str) -> str:
+    """The `craft pretrain` sub-command and options that make the asset `<kind>-<modality>`."""
+    if kind == "vlm-eval" and modality in EVAL_ARCHS:
+        return f"vlm --arch {EVAL_ARCHS[modality]}"
+    return PRETRAIN_COMMANDS[kind]
+
+
 # asset directory prefix -> the config key that names such a model
 CONFIG_KEYS = {
     "vlm": "model.vlm",
@@ -98,7 +110,7 @@ def _modality_dir(
         key = config_key or CONFIG_KEYS[kind]
         raise ModelError(
             f"no shipped {what} weights for {spec!r} (shipped: {names}); train them with "
-            f"`craft pretrain {PRETRAIN_COMMANDS[kind]} --modality {modality}{recipe} --out DIR` (README: "
+            f"`craft pretrain {pretrain_command(kind, modality)} --modality {modality}{recipe} --out DIR` (README: "
             f"'The shipped phantom models') and name DIR in its place (`{key}: DIR`; "
             f"in the demo `--set {key}=DIR`), "
             f"or write DIR as {directory} to ship it"
