@@ -238,6 +238,7 @@ def test_demo_end_to_end_then_continues(ray_local, tmp_path):
 OTHER_DEMOS = {
     "fundus": ("fundus", ["No DR", "Moderate NPDR", "Proliferative DR"]),
     "histopath": ("histo", ["LYM", "STR", "TUM"]),
+    "isic": ("derm", ["MEL", "NV", "BKL"]),
 }
 
 
