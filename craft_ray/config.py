@@ -26,7 +26,7 @@ from pydantic import (
 )
 
 from craft_ray.errors import ConfigError
-from craft_ray.knowledge.labels import DATASETS, get_dataset
+from craft_ray.knowledge.labels import DATASETS, MODALITIES, get_dataset
 from craft_ray.model_names import family_of
 
 METHODS = ("craft", "lora_sft", "full_sft", "ddpo", "pretrained")
@@ -482,8 +482,10 @@ def _phantom_of_modality(value: Any, modality: str, field: str, dataset: str) ->
     if value == family:
         return f"{family}:{modality}"
     if value != f"{family}:{modality}":
+        named = value.removeprefix(f"{family}:")
+        what = "another modality" if named in MODALITIES else f"no modality (known: {', '.join(MODALITIES)})"
         raise ValueError(
-            f"{field} {value!r} is not of dataset {dataset!r}'s modality {modality!r} "
+            f"{field} {value!r} names {what}; dataset {dataset} is of modality {modality!r} "
             f"(use '{family}' or '{family}:{modality}')"
         )
     return value
@@ -653,7 +655,7 @@ def _read_yaml_tree(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
 def _format_validation_error(source: str, exc: ValidationError) -> str:
     lines = []
     for err in exc.errors():
-        loc = ".".join(str(part) for part in err["loc"]) or "<root>"
+        loc = ".".join(str(part) for part in err["loc"])
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             msg = "unknown key"
@@ -661,7 +663,9 @@ def _format_validation_error(source: str, exc: ValidationError) -> str:
             msg = f"unknown dataset {err.get('input')!r} (known: {', '.join(DATASETS)})"
         elif err["type"] == "missing":
             msg = "required field is missing"
-        lines.append(f"{source}: {loc}: {msg}")
+        lines.append(
+            f"{source}: {loc}: {msg}" if loc else f"{source}: {msg}"
+        )  # a check across fields names them
     return "\n".join(lines)
 
 

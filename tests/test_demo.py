@@ -364,6 +364,37 @@ def test_a_missing_shipped_model_is_told_under_the_key_that_named_it(tmp_path, m
     assert "model.vlm" not in str(caught.value)
 
 
+@pytest.mark.parametrize("evaluator", ["phantom:chest", ""])  # the reward VLM, or none (the reward's)
+def test_an_in_reward_evaluator_is_said_before_any_work(tmp_path, monkeypatch, evaluator):
+    """The demo's evaluator named as the reward VLM: allowed (every table marks it), but said
+    before the cluster starts, for the methods trained on that reward only."""
+    import craft_ray.raycluster
+    from craft_ray.demo import DemoOptions, run_demo
+    from craft_ray.evaluation import Reporter
+
+    said = []
+
+    class Recorder(Reporter):
+        def say(self, text: str) -> None:
+            said.append(text)
+
+    def no_cluster(address=None):
+        raise RuntimeError("stop before any work")
+
+    monkeypatch.setattr(craft_ray.raycluster, "ensure_ray", no_cluster)
+    opts = DemoOptions(tmp_path / "demo", overrides={"evaluation.vlm": evaluator})
+    with pytest.raises(RuntimeError, match="stop before any work"):
+        run_demo(opts, reporter=Recorder())
+    assert said == [
+        "warning: the CAS and tail of craft will be in-reward: the evaluator phantom:chest is the VLM they "
+        "are trained to maximise (name an independent evaluator: evaluation.vlm=phantom-eval)"
+    ]
+    said.clear()
+    with pytest.raises(RuntimeError, match="stop before any work"):  # the shipped demo: independent
+        run_demo(DemoOptions(tmp_path / "demo"), reporter=Recorder())
+    assert said == []
+
+
 def test_demo_dataset_settings_name_each_datasets_labels():
     from craft_ray.demo.datasets import available, dataset_overrides
     from craft_ray.knowledge.labels import get_dataset

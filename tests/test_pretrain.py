@@ -17,7 +17,7 @@ from craft_ray.knowledge.checklists import load_knowledge
 from craft_ray.knowledge.labels import MODALITIES, get_dataset
 from craft_ray.models import build_diffusion, build_vlm
 from craft_ray.models.classifier import resolve_classifier
-from craft_ray.models.phantom import diffusion_shipped, shipped_classifiers, shipped_vlms
+from craft_ray.models.phantom import assets_root, diffusion_shipped, shipped_classifiers, shipped_vlms
 from craft_ray.pretrain.classifier import classifier_gate
 from craft_ray.pretrain.gates import ModalityRule, auroc, diffusion_samples, vlm_gate, wrong_label_set
 from craft_ray.pretrain.phantom_tensors import make_phantom_set
@@ -468,6 +468,22 @@ def test_adversarial_examples_ascend_the_loss_within_eps():
     assert edge.max() <= 1.0  # stays a valid image
 
 
+@pytest.mark.parametrize("directory", sorted(p.name for p in assets_root().glob("vlm-*")))
+def test_a_shipped_vlm_card_names_the_family_it_is_shipped_as(directory):
+    """vlm-eval-<m> is `phantom-eval:<m>`, trained on the evaluator's data; vlm-<m> `phantom:<m>`."""
+    card = json.loads((assets_root() / directory / "card.json").read_text())
+    modality, evaluator = directory.rsplit("-", 1)[1], directory.startswith("vlm-eval-")
+    family = "phantom-eval" if evaluator else "phantom"
+    from craft_ray.pretrain.card import _markdown
+
+    rendered = _markdown(card)
+    assert (
+        rendered.splitlines()[0] == f"# {family}:{modality} ({'evaluation' if evaluator else 'reward'} VLM)"
+    )
+    assert (assets_root() / directory / "README.md").read_text() == rendered  # the shipped one is current
+    assert card["config"]["data_seed"] == (400 if evaluator else 200)
+
+
 def test_pretrain_vlm_presets_and_seed_plan():
     from craft_ray.pretrain.vlm import ARCH_PRESETS, VLMPretrainConfig
 
@@ -493,6 +509,15 @@ def test_pretrain_vlm_presets_and_seed_plan():
         (
             ["--data-seed", "299"],
             "error: --data-seed: data seed 299 would train on the out-of-family classifier",
+        ),
+        (
+            ["--arch", "eval-fine80", "--data-seed", "200"],
+            "error: --data-seed: data seed 200 would train this evaluation VLM (--arch eval-fine80) on the "
+            "reward VLM's phantoms",
+        ),
+        (
+            ["--data-seed", "399"],  # its negatives (seed 400) are the evaluation VLM's phantoms
+            "error: --data-seed: data seed 399 would train this reward VLM (--arch reward) on the evaluation",
         ),
         (["--implausible", "1.5"], "error: --implausible: Input should be less than or equal to 1"),
         (["--adversarial-eps", "-1"], "error: --adversarial-eps: Input should be greater than or equal to 0"),

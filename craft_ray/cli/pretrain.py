@@ -73,7 +73,8 @@ def pretrain_vlm(
     data_seed: Annotated[
         int | None,
         typer.Option(
-            help="phantom seed of the training data (default: reward 200, eval 400; never 0, 300, 999)"
+            help="phantom seed of the training data (default: reward 200, eval and eval-fine80 400; "
+            "never another role's: 0, 300, 999, the other VLM's, or the seed just below one)"
         ),
     ] = None,
     implausible: Annotated[
@@ -93,7 +94,8 @@ def pretrain_vlm(
     overwrite: Annotated[bool, typer.Option(help="replace a non-empty --out")] = False,
 ) -> None:
     """A small CLIP model trained on phantoms of one modality, its labels, checklist items and
-    implausible images: the reward VLM `phantom:<modality>`, or with --arch eval an evaluator."""
+    implausible images: the reward VLM `phantom:<modality>`, or with --arch eval (eval-fine80 for
+    derm) the evaluation VLM `phantom-eval:<modality>`."""
     from pydantic import ValidationError
 
     from craft_ray.errors import ConfigError
@@ -122,7 +124,8 @@ def pretrain_vlm(
         VLMPretrainConfig.from_preset(arch, modality=modality, **settings)
     except ValidationError as exc:
         first = exc.errors()[0]
-        option = "--" + "-".join(str(p) for p in first["loc"]).replace("_", "-")
+        # an error without a field is the model-level check, the seed plan across roles
+        option = "--" + "-".join(str(p) for p in first["loc"] or ["data_seed"]).replace("_", "-")
         raise ConfigError(f"{option}: {first['msg'].removeprefix('Value error, ')}") from None
 
     def make_config(arch: str, augment: bool, **rest) -> VLMPretrainConfig:

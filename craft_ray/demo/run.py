@@ -34,6 +34,7 @@ from craft_ray.demo.summary import aggregate, method_row, seed_differences, stri
 from craft_ray.errors import ConfigError
 from craft_ray.evaluation import EvalRequest, Reporter, RunResult, evaluate, open_run
 from craft_ray.evaluation.digests import Digests
+from craft_ray.evaluation.in_reward import in_reward
 from craft_ray.evaluation.paired import RunScores, paired_comparison, pool_comparisons
 from craft_ray.evaluation.references import evaluation_spec
 from craft_ray.evaluation.run_metrics import oof_spec, real_scores
@@ -302,9 +303,19 @@ def run_demo(
 
     reporter = reporter or Reporter()
     seeds = seeds or [0]
+    in_reward_cas: dict[str, str] = {}
     for seed in seeds:  # every experiment config, and the shipped models it names, checked before any work
         for exp in load_experiments(opts.experiments, DemoLayout(opts.out), seed, opts.overrides):
             check_shipped_models(exp.cfg)
+            evaluator = evaluation_spec(exp.cfg)
+            if exp.evaluated and in_reward(exp.cfg, evaluator)["cas"]:
+                in_reward_cas[exp.method] = evaluator.vlm
+    if in_reward_cas:  # allowed (and marked in every table), but said before hours of work, not after
+        reporter.say(
+            f"warning: the CAS and tail of {', '.join(in_reward_cas)} will be in-reward: the evaluator "
+            f"{', '.join(sorted(set(in_reward_cas.values())))} is the VLM they are trained to maximise "
+            "(name an independent evaluator: evaluation.vlm=phantom-eval)"
+        )
     reporter.say(ensure_ray(address))
     results = []
     for seed in seeds:

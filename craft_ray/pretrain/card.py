@@ -53,9 +53,12 @@ def read_card(directory: Path) -> dict:
 
 def _markdown(card: dict) -> str:
     cfg, rec, gate = card["config"], card["training"], card["gate"]
-    role = "evaluation" if cfg.get("arch_name") == "eval" else "reward"
+    from craft_ray.pretrain.vlm import ARCH_ROLES
+
+    role = ARCH_ROLES.get(cfg.get("arch_name", "reward"), "custom")
+    family = "phantom-eval" if role == "evaluation" else "phantom"
     title = {
-        "vlm": f"phantom:{cfg.get('modality')} ({role} VLM)",
+        "vlm": f"{family}:{cfg.get('modality')} ({role} VLM)",
         "classifier": f"phantom:{cfg.get('modality')} (out-of-family classifier)"
         if cfg.get("data_seed", 300) == 300
         else f"phantom-reward:{cfg.get('modality')} (reward classifier, data seed {cfg.get('data_seed')})",

@@ -87,7 +87,11 @@ ARCH_PRESETS = {
         projection_dim=80,
     ),
 }
-DATA_SEEDS = {"reward": VLM_DATA_SEED, "eval": EVAL_VLM_DATA_SEED, "eval-fine80": EVAL_VLM_DATA_SEED}
+# preset -> the role its model plays, and each role's data seed: a reward VLM and an evaluation VLM
+# never train on the same phantoms
+ARCH_ROLES = {"reward": "reward", "eval": "evaluation", "eval-fine80": "evaluation"}
+ROLE_DATA_SEEDS = {"reward": VLM_DATA_SEED, "evaluation": EVAL_VLM_DATA_SEED}
+DATA_SEEDS = {arch: ROLE_DATA_SEEDS[role] for arch, role in ARCH_ROLES.items()}
 
 
 class VLMPretrainConfig(BaseModel):
@@ -125,6 +129,14 @@ class VLMPretrainConfig(BaseModel):
     def _arch_name(self) -> VLMPretrainConfig:
         if self.arch_name in ARCH_PRESETS and self.arch != ARCH_PRESETS[self.arch_name]:
             self.arch_name = "custom"
+        role = ARCH_ROLES.get(self.arch_name)
+        for other, seed in ROLE_DATA_SEEDS.items():
+            if role not in (None, other) and seed in (self.data_seed - 1, self.data_seed, self.data_seed + 1):
+                raise ValueError(
+                    f"data seed {self.data_seed} would train this {role} VLM (--arch {self.arch_name}) on the "
+                    f"{other} VLM's phantoms (seed {seed}; negatives use data seed + 1): "
+                    f"choose another ({role} VLM {ROLE_DATA_SEEDS[role]})"
+                )
         return self
 
     @classmethod
