@@ -267,6 +267,9 @@ def test_demo_on_another_dataset_uses_its_own_models_end_to_end(ray_local, tmp_p
     assert f"phantom-eval:{modality}" in report  # CAS by the evaluation VLM, not the reward
     assert f"_classifier: phantom:{modality}" in report  # the dataset's out-of-family classifier
     assert "chest" not in report.lower()
+    # the report's paired CI is the summary's (the same resamples: evaluation.n_boot, not a default)
+    shown = [summary["differences"]["0"][base]["cas"] for base in ("lora_sft", "pretrained")]
+    assert any(f"| {d['difference']:.3f} [{d['ci'][0]:.3f}, {d['ci'][1]:.3f}] (" in report for d in shown)
 
 
 def test_a_warm_start_experiment_is_trained_first_and_not_evaluated(tmp_path):

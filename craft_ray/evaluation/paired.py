@@ -155,12 +155,11 @@ class _Run:
                     auc = _batched_auroc(self.oof_columns[label][idx], member[:, :, j])
                     out[f"oof_auroc:{label}"] = auc
                     aurocs.append(auc)
-            with np.errstate(all="ignore"):
-                stacked = np.stack(aurocs, axis=1)
-                valid = np.isfinite(stacked).any(axis=1)
-                out["oof_auroc:macro"] = np.where(
-                    valid, np.nanmean(np.where(np.isfinite(stacked), stacked, np.nan), axis=1), np.nan
-                )
+            stacked = np.stack(aurocs, axis=1)
+            finite = np.isfinite(stacked)  # a label without both classes in a resample has no AUROC
+            count = finite.sum(axis=1)
+            total = np.where(finite, stacked, 0.0).sum(axis=1)
+            out["oof_auroc:macro"] = np.where(count > 0, total / np.maximum(count, 1), np.nan)
             out["oof_accuracy"] = np.nanmean(self.correct[idx], axis=1)
         return out
 

@@ -69,6 +69,7 @@ def run_metrics(
         "split": ev.split,
         "seed": ev.seed,
         "ci_level": ev.ci_level,
+        "n_boot": ev.n_boot,
         "calibration": refs.calibration_note,
         "evaluator": refs.calibration.evaluator.to_dict(),  # the CAS actually used (the calibration's)
         "thresholds": {k: v for k, v in refs.calibration.thresholds.items() if k in labels},

@@ -212,7 +212,7 @@ def comparison(run: Evaluated, base: Evaluated) -> dict[str, Any]:
             m["thresholds"],
             real,
             oof_spec(m),
-            N_BOOT,
+            m.get("n_boot", N_BOOT),  # the evaluation's own: the report's CIs are the demo's and metrics'
             m.get("ci_level", 0.95),
             m.get("seed", 0),
         )
