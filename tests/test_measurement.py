@@ -64,7 +64,9 @@ def test_a_bare_phantom_eval_name_resolves_to_the_datasets_modality_and_other_mo
     from craft_ray.errors import ConfigError
 
     assert _cfg("craft", eval_vlm="phantom-eval").evaluation.vlm == "phantom-eval:chest"
-    with pytest.raises(ConfigError, match=r"evaluation\.vlm 'phantom-eval:derm' names another modality; dataset"):
+    with pytest.raises(
+        ConfigError, match=r"evaluation\.vlm 'phantom-eval:derm' names another modality; dataset"
+    ):
         _cfg("craft", eval_vlm="phantom-eval:derm")
     with pytest.raises(ConfigError, match=r"'phantom-eval:dermx' names no modality \(known: chest, derm"):
         _cfg("craft", eval_vlm="phantom-eval:dermx")
