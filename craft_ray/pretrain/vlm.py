@@ -62,30 +62,21 @@ class VLMArch(BaseModel):
 # (about the reward's cost per step). `eval-fine80`: the `eval` towers on a finer grid, 80 px in
 # 8 px patches (10 x 10 instead of 8 x 8, about 1.3x the cost per step): the dermoscopy evaluator,
 # where an 8 x 8 grid read a second, smaller lesion at 0.72 (README: 'The shipped phantom models').
+EVAL_ARCH = VLMArch(
+    image_size=96,
+    patch_size=12,
+    vision_hidden=80,
+    vision_layers=4,
+    vision_heads=4,
+    text_hidden=80,
+    text_layers=3,
+    text_heads=4,
+    projection_dim=80,
+)
 ARCH_PRESETS = {
     "reward": VLMArch(),
-    "eval": VLMArch(
-        image_size=96,
-        patch_size=12,
-        vision_hidden=80,
-        vision_layers=4,
-        vision_heads=4,
-        text_hidden=80,
-        text_layers=3,
-        text_heads=4,
-        projection_dim=80,
-    ),
-    "eval-fine80": VLMArch(
-        image_size=80,
-        patch_size=8,
-        vision_hidden=80,
-        vision_layers=4,
-        vision_heads=4,
-        text_hidden=80,
-        text_layers=3,
-        text_heads=4,
-        projection_dim=80,
-    ),
+    "eval": EVAL_ARCH,
+    "eval-fine80": EVAL_ARCH.model_copy(update={"image_size": 80, "patch_size": 8}),
 }
 # preset -> the role its model plays, and each role's data seed: a reward VLM and an evaluation VLM
 # never train on the same phantoms
