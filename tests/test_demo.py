@@ -329,6 +329,7 @@ def test_several_datasets_are_named_with_commas_in_the_order_given():
         ("fundus,,chexpert", "name one dataset, several separated by commas, or all"),
         ("fundus,dermoscopy", "'dermoscopy': not a dataset of this demo"),
         ("derm", "derm is a modality: the dataset is isic"),
+        ("ALL", "names are lower case: all"),
         ("Fundus", "names are lower case: fundus"),
         ("all,chexpert", "all already names every dataset"),
     ],
@@ -486,3 +487,19 @@ def test_the_table_across_datasets_reduces_the_tail_against_the_strongest_baseli
     said = " ".join(capsys.readouterr().out.split())
     assert "mean relative tail reduction across isic, fundus: 11.1 %" in said
     assert "+5.0 [+2.0, +8.0] vs lora_sft (win)" in said and "33.3 %" in said
+
+
+def test_a_progress_phase_is_shown_after_its_bars_description(monkeypatch):
+    """Two calibrations (the reward's, the evaluator's) report the same phases: each bar keeps
+    saying which one it is."""
+    import io
+
+    from rich.console import Console
+
+    import craft_ray.cli.common as common
+
+    out = io.StringIO()
+    monkeypatch.setattr(common, "err_console", Console(file=out, width=200, force_terminal=False))
+    with common.progress_bar("calibrating the evaluation CAS (phantom-eval:derm)") as update:
+        update(1, 2, "scoring real images (2/2)")
+    assert "calibrating the evaluation CAS (phantom-eval:derm): scoring real images (2/2)" in out.getvalue()

@@ -228,3 +228,11 @@ def test_interval_summary_of_nan_free_inputs_is_finite():
         n_boot=100,
     )
     assert all(math.isfinite(v["value"]) for k, v in out.items() if not k.startswith("tail:Pleural"))
+
+
+def test_a_difference_that_rounds_to_zero_is_printed_without_a_minus_sign():
+    from craft_ray.report.tables import num, with_ci
+
+    assert with_ci(-0.0001, [-0.0004, -0.00002]) == "0.000 [0.000, 0.000]"
+    assert with_ci(-0.04, [-0.06, -0.0001], digits=1) == "0.0 [-0.1, 0.0]"
+    assert num(-0.0004) == "0.000" and num(-0.0006) == "-0.001"

@@ -230,7 +230,7 @@ def calibrate(
     for batch in iterate_images(uri, [split], labels, batch_size, limit, skipped, size):
         embeddings.append(evaluator.embed(batch.images))
         if progress:
-            progress(sum(len(e) for e in embeddings), total, "calibrating CAS: embedding real images (1/2)")
+            progress(sum(len(e) for e in embeddings), total, "embedding real images (1/2)")
     if not embeddings:
         raise DataError(f"{uri} [{split}]: no images with any of the labels {labels}")
     emb = torch.cat(embeddings)
@@ -246,7 +246,7 @@ def calibrate(
         label_sets.extend(batch.label_sets)
         done += len(batch.label_sets)
         if progress:
-            progress(done, len(emb), "calibrating CAS: scoring real images (2/2)")
+            progress(done, len(emb), "scoring real images (2/2)")
     scores_arr = np.asarray(scores)
     thresholds, counts, per_label = {}, {}, {}
     for label in labels:

@@ -30,8 +30,9 @@ def join_ray(address: str | None) -> None:
 
 @contextlib.contextmanager
 def progress_bar(description: str) -> Iterator:
-    """Yields an update(done, total[, description]) callback driving a rich progress bar. The bar
-    appears at the first update, so a command that fails before any work shows no empty bar."""
+    """Yields an update(done, total[, phase]) callback driving a rich progress bar (a phase is shown
+    after the bar's description). The bar appears at the first update, so a command that fails
+    before any work shows no empty bar."""
     state: dict = {}
 
     def update(done: int, total: int, what: str | None = None) -> None:
@@ -46,7 +47,7 @@ def progress_bar(description: str) -> Iterator:
             )
             state["progress"].start()
             state["task"] = state["progress"].add_task(description, total=total)
-        extra = {"description": what} if what else {}
+        extra = {"description": f"{description}: {what}"} if what else {}  # the phase, in its caller's bar
         state["progress"].update(state["task"], completed=done, total=total, **extra)
 
     try:

@@ -32,7 +32,7 @@ def dataset_overrides(experiments: Path, dataset: str) -> dict[str, Any]:
         from craft_ray.knowledge.labels import DATASETS
 
         names = available(experiments)
-        if dataset.lower() in names:
+        if dataset.lower() in (*names, ALL):
             hint = f"; names are lower case: {dataset.lower()}"
         else:
             same = [d for d in names if d in DATASETS and DATASETS[d].modality == dataset.lower()]

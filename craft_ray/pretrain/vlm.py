@@ -187,6 +187,7 @@ class _Data:
 
     def __init__(self, cfg: VLMPretrainConfig, texts: VLMTexts, log: Callable[[str], None]):
         spec = dataset_for_modality(cfg.modality)
+        log(f"generating {cfg.n_train} {cfg.modality} phantoms and the negatives (about a minute per 20 000)")
         self.clean = make_phantom_set(cfg.modality, cfg.n_train, cfg.data_seed, cfg.size, cfg.implausible)
         implausible = self.clean.implausible
         log(

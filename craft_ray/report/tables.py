@@ -25,7 +25,7 @@ class Table:
 def num(value: Any, digits: int = 3) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "-"
-    return f"{value:.{digits}f}"
+    return f"{value:z.{digits}f}"  # z: a difference that rounds to zero is 0.000, never -0.000
 
 
 def with_ci(value: Any, ci: Sequence[Any] | None, digits: int = 3) -> str:
@@ -33,7 +33,7 @@ def with_ci(value: Any, ci: Sequence[Any] | None, digits: int = 3) -> str:
         return "-"
     if not ci or any(c is None or (isinstance(c, float) and math.isnan(c)) for c in ci):
         return num(value, digits)
-    return f"{value:.{digits}f} [{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]"
+    return f"{value:z.{digits}f} [{ci[0]:z.{digits}f}, {ci[1]:z.{digits}f}]"
 
 
 def pct(value: Any, ci: Sequence[Any] | None = None) -> str:
