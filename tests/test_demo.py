@@ -269,7 +269,7 @@ def test_demo_on_another_dataset_uses_its_own_models_end_to_end(ray_local, tmp_p
     assert "chest" not in report.lower()
     # the report's paired CI is the summary's (the same resamples: evaluation.n_boot, not a default)
     shown = [summary["differences"]["0"][base]["cas"] for base in ("lora_sft", "pretrained")]
-    assert any(f"| {d['difference']:.3f} [{d['ci'][0]:.3f}, {d['ci'][1]:.3f}] (" in report for d in shown)
+    assert any(f"| {d['difference']:z.3f} [{d['ci'][0]:z.3f}, {d['ci'][1]:z.3f}] (" in report for d in shown)
 
 
 def test_a_warm_start_experiment_is_trained_first_and_not_evaluated(tmp_path):

@@ -212,6 +212,7 @@ def test_pretrain_vlm_cli_writes_a_loadable_model_and_card(tmp_path):
         app, [*args, "--implausible", "0.5", "--augment", "--adversarial-eps", "0.01"]
     )
     assert result.exit_code == 0, result.output
+    assert f"phantom:derm (reward) -> {out}" in " ".join(result.output.split())
     card = json.loads((out / "card.json").read_text())
     assert card["command"].startswith("craft pretrain vlm --modality derm")
     for option in (
@@ -239,6 +240,10 @@ def test_pretrain_vlm_cli_writes_a_loadable_model_and_card(tmp_path):
     assert scorer.embed_images(torch.rand(2, 3, 64, 64)).shape[0] == 2
     again = CliRunner().invoke(app, args)  # never overwrites without --overwrite
     assert again.exit_code != 0 and "overwrite" in str(again.exception or again.output)
+    evaluator = CliRunner().invoke(app, [*args, "--arch", "eval-fine80", "--overwrite"])
+    assert evaluator.exit_code == 0, evaluator.output  # an evaluator is named as the evaluation family
+    assert f"phantom-eval:derm (eval-fine80) -> {out}" in " ".join(evaluator.output.split())
+    assert (out / "README.md").read_text().startswith("# phantom-eval:derm (evaluation VLM)")
 
 
 def test_phantom_base_and_vlm_train_unchanged_in_the_loop(phantom_root, tmp_path):
