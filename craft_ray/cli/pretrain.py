@@ -101,7 +101,7 @@ def pretrain_vlm(
     from craft_ray.errors import ConfigError
     from craft_ray.knowledge.labels import dataset_for_modality
     from craft_ray.pretrain.augment import Augment
-    from craft_ray.pretrain.vlm import ARCH_PRESETS, ARCH_ROLES, DATA_SEEDS, VLMPretrainConfig
+    from craft_ray.pretrain.vlm import ARCH_PRESETS, DATA_SEEDS, VLMPretrainConfig, vlm_family
     from craft_ray.pretrain.vlm import pretrain_vlm as run
 
     dataset_for_modality(modality)  # a clear error for an unknown modality, before any work
@@ -145,9 +145,8 @@ def pretrain_vlm(
     )
     verdict = _verdict(metrics)
     items = metrics.get("item_gate", {})
-    family = "phantom-eval" if ARCH_ROLES[arch] == "evaluation" else "phantom"
     console.print(
-        f"{family}:{modality} ({arch}) -> {out}: macro AUROC {metrics['macro_auroc']:.3f}, "
+        f"{vlm_family(arch)}:{modality} ({arch}) -> {out}: macro AUROC {metrics['macro_auroc']:.3f}, "
         f"fidelity true > wrong for {metrics['fidelity_win_rate']:.1%} of held-out images; "
         f"item AUROC min {items.get('item_auroc_min', float('nan')):.3f} over {items.get('items_drawn', 0)} "
         f"drawn items, plausibility AUROC {items.get('plausibility_auroc', float('nan')):.3f}; gate {verdict}"

@@ -89,16 +89,13 @@ def check_shipped_models(cfg: ExperimentConfig) -> None:
         ("evaluation.vlm", cfg.evaluation.vlm, phantom_vlm_dir),
         ("evaluation.classifier", cfg.evaluation.classifier, phantom_classifier_dir),
         ("reward.classifier", cfg.reward.classifier, phantom_classifier_dir),
+        ("model.base", cfg.model.base, lambda spec, config_key: phantom_diffusion_dir(spec)),  # one base
     ]
     for key, spec, resolve in named:
         if missing_local_path(spec):
             raise ModelError(f"{key}: {spec!r}: no such directory")
         if family_of(spec) is not None:
             resolve(spec, config_key=key)
-    if missing_local_path(cfg.model.base):
-        raise ModelError(f"model.base: {cfg.model.base!r}: no such directory")
-    if family_of(cfg.model.base) is not None:
-        phantom_diffusion_dir(cfg.model.base)
 
 
 # -- the table across datasets -------------------------------------------------------------

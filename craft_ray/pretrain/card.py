@@ -53,10 +53,10 @@ def read_card(directory: Path) -> dict:
 
 def _markdown(card: dict) -> str:
     cfg, rec, gate = card["config"], card["training"], card["gate"]
-    from craft_ray.pretrain.vlm import ARCH_ROLES
+    from craft_ray.pretrain.vlm import ARCH_ROLES, vlm_family
 
     role = ARCH_ROLES.get(cfg.get("arch_name", "reward"), "custom")
-    family = "phantom-eval" if role == "evaluation" else "phantom"
+    family = vlm_family(cfg.get("arch_name", "reward"))
     title = {
         "vlm": f"{family}:{cfg.get('modality')} ({role} VLM)",
         "classifier": f"phantom:{cfg.get('modality')} (out-of-family classifier)"

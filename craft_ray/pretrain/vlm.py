@@ -85,6 +85,11 @@ ROLE_DATA_SEEDS = {"reward": VLM_DATA_SEED, "evaluation": EVAL_VLM_DATA_SEED}
 DATA_SEEDS = {arch: ROLE_DATA_SEEDS[role] for arch, role in ARCH_ROLES.items()}
 
 
+def vlm_family(arch_name: str) -> str:
+    """The name family a VLM of this preset ships under: `phantom-eval` for an evaluator."""
+    return "phantom-eval" if ARCH_ROLES.get(arch_name) == "evaluation" else "phantom"
+
+
 class VLMPretrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     modality: str
